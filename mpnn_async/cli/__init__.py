@@ -1,0 +1,1 @@
+"""The `mpnn` command line: one module per subcommand, wired up in `main`."""

@@ -1,0 +1,71 @@
+"""Entry point of the `mpnn` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.errors import InvalidInputError, StoreError, TransportError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger(__name__)
+
+# Each module under mpnn_async.cli named here defines `register(subparsers)`,
+# which adds its subparser and sets `handler` to a function(args) -> ExitCode.
+SUBCOMMANDS = ("plan",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpnn", description="Train and serve a neural network split by neurons across workers."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="set the log level explicitly; overrides -v",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"mpnn_async.cli.{name}").register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, level_name: str | None) -> None:
+    if level_name is not None:
+        level = getattr(logging, level_name)
+    else:
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.log_level)
+    try:
+        return int(args.handler(args))
+    except InvalidInputError as error:
+        print(f"mpnn {args.command}: invalid input: {error}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+    except TransportError as error:
+        print(f"mpnn {args.command}: broker unreachable: {error}", file=sys.stderr)
+        return ExitCode.BROKER_UNREACHABLE
+    except StoreError as error:
+        print(f"mpnn {args.command}: store unusable: {error}", file=sys.stderr)
+        return ExitCode.STORE_UNUSABLE
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets, loaders and the deterministic batch order shared by every trainer."""

@@ -1,0 +1,1 @@
+"""Message transports: RabbitMQ (aio-pika) and in-process (asyncio), with one interface."""
