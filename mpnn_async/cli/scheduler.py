@@ -1,0 +1,57 @@
+"""`mpnn scheduler`: the daemon that runs jobs from the job queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from mpnn_async.cli.common import settings_from_args
+from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.errors import ConfigError
+from mpnn_async.runtime.daemon import install_stop_signals
+from mpnn_async.runtime.service import SchedulerService
+from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
+from mpnn_async.store import Store
+from mpnn_async.transport import open_transport
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scheduler",
+        help="run the scheduler daemon",
+        description="Take jobs published by `mpnn submit` from the durable job queue and run them "
+        "over the workers, one at a time. Stops cleanly on SIGTERM.",
+    )
+    add_runtime_arguments(parser)
+    parser.add_argument("--config", help="TOML file whose [runtime] table gives defaults")
+    parser.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout_s",
+        type=float,
+        help="seconds to let the running job finish after SIGTERM (default 30)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    settings = settings_from_args(args, args.config)
+    if not settings.broker_url:
+        raise ConfigError("--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL")
+    asyncio.run(_serve(settings))
+    return ExitCode.OK
+
+
+async def _serve(settings: RuntimeSettings) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop, name="scheduler")
+    store = Store.open(settings.store)
+    transport = await open_transport(
+        settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
+    )
+    service = SchedulerService(transport=transport, store=store, settings=settings)
+    try:
+        await service.start()
+        await stop.wait()
+        await service.stop(timeout_s=settings.shutdown_timeout_s)
+    finally:
+        await transport.close()

@@ -1,0 +1,60 @@
+"""`mpnn status [JOB]`: jobs, their progress, partitions and stored versions."""
+
+from __future__ import annotations
+
+import argparse
+
+import orjson
+
+from mpnn_async.cli.common import settings_from_args
+from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.runtime.progress import read_progress
+from mpnn_async.settings import add_runtime_arguments
+from mpnn_async.store import ModelStore, Store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show jobs, progress and partitions",
+        description="Read the shared store and show each job's latest progress and its model's "
+        "partitions with their stored version and step.",
+    )
+    parser.add_argument("job", nargs="?", help="show only this job")
+    add_runtime_arguments(parser, broker=False)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    settings = settings_from_args(args)
+    store = Store.open(settings.store, create=False)
+    jobs = [args.job] if args.job else store.list_children(("jobs",))
+    report = []
+    for job in jobs:
+        progress = read_progress(store, job)
+        entry = {"job": job, "progress": progress, "partitions": []}
+        if progress and progress.get("model"):
+            model_store = ModelStore(store, progress["model"])
+            for partition in model_store.list_partitions():
+                version = store.read(model_store.partition_key(partition))
+                entry["partitions"].append(
+                    {"partition": partition, "version": version.number, "step": version.meta.get("step")}
+                )
+        report.append(entry)
+    if args.json:
+        print(orjson.dumps(report).decode())
+        return ExitCode.OK
+    if not report:
+        print(f"no jobs in store {settings.store}")
+    for entry in report:
+        progress = entry["progress"] or {}
+        accuracy = progress.get("accuracy")
+        print(
+            f"job {entry['job']}: {progress.get('state', 'unknown')} "
+            f"step {progress.get('step')}/{progress.get('total_steps')} "
+            f"loss {progress.get('loss')} accuracy {accuracy if accuracy is not None else 'n/a'}"
+        )
+        for partition in entry["partitions"]:
+            print(f"  partition {partition['partition']}: version {partition['version']} step {partition['step']}")
+    return ExitCode.OK

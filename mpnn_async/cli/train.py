@@ -1,0 +1,62 @@
+"""`mpnn train CONFIG`: run a whole job on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import orjson
+
+from mpnn_async.cli.common import settings_from_args, split_runtime_table
+from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.config import load_toml
+from mpnn_async.runtime.job import JobSpec
+from mpnn_async.runtime.progress import ProgressEvent
+from mpnn_async.settings import add_runtime_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="run a training job on this machine",
+        description="Run a job file end to end. Without a broker every partition runs in this "
+        "process on the in-process transport; with --broker (or MPNN_BROKER_URL) the scheduler "
+        "runs here and each partition in its own `mpnn worker` process.",
+    )
+    parser.add_argument("config", help="job file (TOML) with [job], [model], [plan], [optimizer], [dataset]")
+    add_runtime_arguments(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line holding the job's result"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    from mpnn_async.runtime.local import run_job_locally
+
+    document, _ = split_runtime_table(load_toml(args.config))
+    job = JobSpec.from_dict(document)
+    settings = settings_from_args(args, args.config)
+    result = asyncio.run(run_job_locally(job, settings, on_progress=_print_progress))
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
+    else:
+        accuracy = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+        print(
+            f"job {result.job}: {result.steps} steps in {result.wall_time_s:.1f} s, "
+            f"train loss {result.train_loss:.4f}, test accuracy {accuracy}; "
+            f"weights in {result.store_path} (model {result.model}, plan {result.plan_id})"
+        )
+    return ExitCode.OK
+
+
+def _print_progress(event: ProgressEvent) -> None:
+    if event.accuracy is not None:
+        print(
+            f"epoch {event.epoch + 1}: step {event.step}/{event.total_steps} "
+            f"train loss {event.loss:.4f} test loss {event.test_loss:.4f} "
+            f"test accuracy {event.accuracy:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )

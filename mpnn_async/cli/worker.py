@@ -1,0 +1,77 @@
+"""`mpnn worker`: the partition worker daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from mpnn_async.cli.common import settings_from_args
+from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.errors import ConfigError
+from mpnn_async.runtime.daemon import install_stop_signals
+from mpnn_async.runtime.worker import Worker
+from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
+from mpnn_async.store import Store
+from mpnn_async.transport import open_transport
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a partition worker daemon",
+        description="Host one or more partitions: consume their queues, compute their neurons, "
+        "persist their weights to the store. Stops cleanly on SIGTERM.",
+    )
+    parser.add_argument(
+        "--partition",
+        dest="partitions",
+        action="append",
+        required=True,
+        help="partition to host (repeat for several)",
+    )
+    add_runtime_arguments(parser)
+    parser.add_argument("--config", help="TOML file whose [runtime] table gives defaults")
+    parser.add_argument("--prefetch", type=int, help="unacknowledged messages per partition queue (default 256)")
+    parser.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout_s",
+        type=float,
+        help="seconds to finish running work after SIGTERM (default 30)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    settings = settings_from_args(args, args.config)
+    if not settings.broker_url:
+        raise ConfigError(
+            "--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL; "
+            "`mpnn train` runs a job without a broker"
+        )
+    asyncio.run(_serve(settings, args.partitions))
+    return ExitCode.OK
+
+
+async def _serve(settings: RuntimeSettings, partitions: list[str]) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop, name="worker")
+    store = Store.open(settings.store)
+    transport = await open_transport(
+        settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
+    )
+    worker = Worker(
+        transport=transport,
+        store=store,
+        partitions=partitions,
+        prefetch=settings.prefetch,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    try:
+        await worker.start()
+        await stop.wait()
+        await worker.stop(timeout_s=settings.shutdown_timeout_s)
+    finally:
+        await transport.close()

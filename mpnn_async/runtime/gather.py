@@ -1,0 +1,88 @@
+"""Gathering the blocks a computation needs, and summing gradients in a fixed order."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import numpy as np
+
+__all__ = ["Gather", "OrderedAccumulator"]
+
+
+@dataclasses.dataclass(slots=True)
+class Gather:
+    """The blocks one computation waits for: one per expected source.
+
+    `deliveries` are the transport deliveries whose content went into this
+    gather; they are acknowledged only after the computation's results are
+    published, so a crash before that leaves them on the broker.
+    """
+
+    expected: tuple[str, ...]
+    blocks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    deliveries: list[Any] = dataclasses.field(default_factory=list)
+    rows: int | None = None
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.blocks) == len(self.expected)
+
+    def missing(self) -> tuple[str, ...]:
+        return tuple(source for source in self.expected if source not in self.blocks)
+
+    def add(self, source: str, block: np.ndarray, delivery: Any | None = None) -> None:
+        self.blocks[source] = block
+        if self.rows is None:
+            self.rows = block.shape[0]
+        if delivery is not None:
+            self.deliveries.append(delivery)
+
+    def ordered(self) -> list[np.ndarray]:
+        """Return the blocks in the order of `expected` (the plan's partition order)."""
+        return [self.blocks[source] for source in self.expected]
+
+
+class OrderedAccumulator:
+    """Sums per-micro-batch gradients in micro-batch order, whatever order they arrive in.
+
+    Floating-point addition is not associative, so summing in arrival order
+    would make the weights depend on message timing. Out-of-order results wait
+    in `pending` until every earlier micro-batch has been added.
+    """
+
+    def __init__(self) -> None:
+        self.total: list[np.ndarray] | None = None
+        self.next_micro_batch = 0
+        self.pending: dict[int, list[np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"<OrderedAccumulator next={self.next_micro_batch} pending={sorted(self.pending)}>"
+
+    def has(self, micro_batch: int) -> bool:
+        return micro_batch < self.next_micro_batch or micro_batch in self.pending
+
+    def add(self, micro_batch: int, gradients: Iterable[np.ndarray]) -> None:
+        if self.has(micro_batch):
+            raise ValueError(f"micro-batch {micro_batch} was already accumulated")
+        self.pending[micro_batch] = list(gradients)
+        while self.next_micro_batch in self.pending:
+            parts = self.pending.pop(self.next_micro_batch)
+            if self.total is None:
+                self.total = [part.copy() for part in parts]
+            else:
+                for total, part in zip(self.total, parts):
+                    total += part
+            self.next_micro_batch += 1
+
+    def take(self, micro_batches: int) -> list[np.ndarray]:
+        """Return the sum over micro-batches 0..micro_batches-1 and reset."""
+        if self.next_micro_batch != micro_batches or self.pending or self.total is None:
+            raise ValueError(
+                f"expected gradients of {micro_batches} micro-batches, have "
+                f"{self.next_micro_batch} in order and {sorted(self.pending)} pending"
+            )
+        total = self.total
+        self.total = None
+        self.next_micro_batch = 0
+        return total

@@ -1,0 +1,103 @@
+"""Run a whole job from one command: `mpnn train`.
+
+Without a broker, the scheduler and one worker hosting every partition share
+one process and one in-process transport (the embedded mode). With a broker,
+the scheduler runs here and each partition gets a worker process of its own,
+started as `mpnn worker` and stopped with SIGTERM when the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Callable, Iterator
+
+from mpnn_async.runtime.job import JobSpec
+from mpnn_async.runtime.progress import ProgressEvent
+from mpnn_async.runtime.scheduler import JobResult, JobRunner
+from mpnn_async.runtime.worker import Worker
+from mpnn_async.settings import RuntimeSettings
+from mpnn_async.store import Store
+from mpnn_async.transport import open_transport
+
+__all__ = ["run_job_locally"]
+
+log = logging.getLogger(__name__)
+
+
+async def run_job_locally(
+    job: JobSpec,
+    settings: RuntimeSettings,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> JobResult:
+    store = Store.open(settings.store, create=True)
+    transport = await open_transport(
+        settings.broker_url or None,
+        namespace=settings.namespace,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    plan = job.build_plan()
+    try:
+        runner = JobRunner(
+            job=job,
+            transport=transport,
+            store=store,
+            ready_timeout_s=settings.ready_timeout_s,
+            max_message_bytes=settings.max_message_bytes,
+            on_progress=on_progress,
+        )
+        if not settings.broker_url:
+            worker = Worker(
+                transport=transport,
+                store=store,
+                partitions=plan.partitions,
+                worker_id="embedded",
+                prefetch=settings.prefetch,
+                max_message_bytes=settings.max_message_bytes,
+            )
+            await worker.start()
+            try:
+                return await runner.run()
+            finally:
+                await worker.stop(timeout_s=settings.shutdown_timeout_s)
+        with _worker_processes(plan.partitions, settings):
+            return await runner.run()
+    finally:
+        await transport.close()
+
+
+@contextlib.contextmanager
+def _worker_processes(partitions: tuple[str, ...], settings: RuntimeSettings) -> Iterator[None]:
+    environment = dict(os.environ)
+    # The URL travels in the environment, not the command line, so `ps` never shows a password.
+    environment["MPNN_BROKER_URL"] = settings.broker_url
+    processes = []
+    for partition in partitions:
+        command = [
+            sys.executable, "-m", "mpnn_async", "worker",
+            "--partition", partition,
+            "--store", settings.store,
+            "--namespace", settings.namespace,
+            "--max-message-bytes", str(settings.max_message_bytes),
+        ]
+        processes.append(subprocess.Popen(command, env=environment))
+        log.info("worker.spawned partition=%s pid=%d", partition, processes[-1].pid)
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=settings.shutdown_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                log.warning("worker.kill pid=%d reason=no exit after SIGTERM", process.pid)
+                process.kill()
+                process.wait()

@@ -1,0 +1,372 @@
+"""One partition's numeric state for one job, and the rules for the blocks it accepts.
+
+`PartitionJob` is synchronous and does no I/O: the worker hands it decoded
+blocks, runs the computations it reports as ready (in an executor thread,
+one at a time per partition), and publishes what they return. Keeping the
+state machine free of I/O lets tests drive it directly and keeps every
+ordering rule in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from typing import Any
+
+import numpy as np
+
+from mpnn_async.model import kernels
+from mpnn_async.model.optim import OptimizerSpec, apply_update
+from mpnn_async.model.spec import NetworkSpec
+from mpnn_async.runtime.gather import Gather, OrderedAccumulator
+from mpnn_async.runtime.protocol import Rejection
+from mpnn_async.wire import BlockHeader, MessageKind
+
+__all__ = ["Admission", "GatherKey", "PartitionJob", "Send", "ComputeResult", "SCHEDULER"]
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = "scheduler"
+
+# (kind of the blocks, step, micro-batch, layer of the blocks)
+GatherKey = tuple[MessageKind, int, int, int]
+
+
+class Admission(enum.Enum):
+    """What to do with an incoming block, decided before it touches any state."""
+
+    # New and valid: add it to its gather.
+    ACCEPT = "accept"
+    # Its message id was seen before (a redelivery): drop it and ack.
+    DUPLICATE = "duplicate"
+    # It belongs to an older attempt or an applied step: drop it and ack.
+    SUPERSEDED = "superseded"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """A block to publish to another partition or to the scheduler."""
+
+    destination: str
+    kind: MessageKind
+    layer: int
+    step: int
+    micro_batch: int
+    attempt: int
+    array: np.ndarray
+
+
+@dataclasses.dataclass(slots=True)
+class ComputeResult:
+    """What one computation produced: blocks to send, work that became ready, messages to ack."""
+
+    sends: list[Send] = dataclasses.field(default_factory=list)
+    ready: list[GatherKey] = dataclasses.field(default_factory=list)
+    finished_deliveries: list[Any] = dataclasses.field(default_factory=list)
+    # (step, micro_batch, attempt) whose layer-1 backward finished here.
+    micro_batches_done: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+
+
+class RejectedBlock(Exception):
+    """A block that does not fit the plan; carries the dead-letter reason."""
+
+    def __init__(self, reason: Rejection, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class PartitionJob:
+    """The weights, gathers and gradient accumulators of one partition in one job."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        plan: Any,
+        partition: str,
+        spec: NetworkSpec,
+        optimizer: OptimizerSpec,
+        parameters: dict[int, tuple[np.ndarray, np.ndarray]],
+        optimizer_state: dict[str, dict[str, np.ndarray]],
+        step: int,
+        version: int,
+        model_name: str = "",
+    ) -> None:
+        self.job = job
+        self.model_name = model_name
+        self.plan = plan
+        self.partition = partition
+        self.spec = spec
+        self.optimizer = optimizer
+        self.parameters = parameters
+        self.optimizer_state = optimizer_state
+        # The step whose gradients are being accumulated (= optimizer steps applied).
+        self.step = step
+        self.version = version
+        self.layers = tuple(plan.layers_of(partition))
+        self._neurons = {layer: plan.neurons(partition, layer) for layer in self.layers}
+        self._gathers: dict[GatherKey, Gather] = {}
+        self._saved: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._accumulators = {layer: OrderedAccumulator() for layer in self.layers}
+        self._attempts: dict[tuple[MessageKind, int, int], int] = {}
+        self._seen: set[tuple[Any, ...]] = set()
+        # Deliveries of gathers dropped as superseded; the worker acks them.
+        self._orphans: list[Any] = []
+        self.counters = {"duplicate": 0, "superseded": 0, "forward": 0, "backward": 0}
+
+    def __repr__(self) -> str:
+        return (
+            f"<PartitionJob {self.job}/{self.partition} layers={list(self.layers)} "
+            f"step={self.step} version={self.version} gathers={len(self._gathers)}>"
+        )
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit(self, header: BlockHeader, array: np.ndarray) -> Admission:
+        """Check a decoded block against the plan; raise RejectedBlock if it cannot fit."""
+        self._check_fits_plan(header, array)
+        if header.message_id() in self._seen:
+            return Admission.DUPLICATE
+        if header.step < self.step:
+            return Admission.SUPERSEDED
+        if header.step > self.step:
+            raise RejectedBlock(
+                Rejection.UNEXPECTED_BLOCK,
+                f"block of step {header.step} while the partition is at step {self.step}",
+            )
+        attempt_key = (self._phase(header.kind), header.step, header.micro_batch)
+        current = self._attempts.get(attempt_key, 0)
+        if header.attempt < current:
+            return Admission.SUPERSEDED
+        if header.attempt > current:
+            self._drop_attempt(attempt_key)
+            self._attempts[attempt_key] = header.attempt
+        if header.kind is MessageKind.GRADIENT and (
+            (header.step, header.micro_batch, header.layer) not in self._saved
+        ):
+            if self._accumulators[header.layer].has(header.micro_batch):
+                return Admission.SUPERSEDED
+            raise RejectedBlock(
+                Rejection.UNEXPECTED_BLOCK,
+                f"gradient for layer {header.layer} of micro-batch {header.micro_batch} "
+                "arrived before its forward pass ran here",
+            )
+        return Admission.ACCEPT
+
+    def _check_fits_plan(self, header: BlockHeader, array: np.ndarray) -> None:
+        depth = self.spec.depth
+        if header.destination != self.partition:
+            self._reject(f"destination {header.destination!r} is not {self.partition!r}")
+        if array.dtype != self.spec.np_dtype or array.ndim != 2 or array.shape[0] < 1:
+            self._reject(f"expected a 2-d {self.spec.dtype} block, got {array.dtype} {array.shape}")
+        if header.kind is MessageKind.GRADIENT:
+            layer = header.layer
+            if layer not in self._neurons:
+                self._reject(f"gradient for layer {layer}, which this partition does not own")
+            sources = self._sources(MessageKind.GRADIENT, layer)
+            columns = len(self._neurons[layer])
+        else:
+            layer = header.layer + 1
+            if not 1 <= layer <= depth or layer not in self._neurons:
+                self._reject(f"activation of layer {header.layer} is not an input of this partition")
+            sources = self._sources(header.kind, header.layer)
+            columns = self._source_columns(header.source, header.layer)
+        if header.source not in sources or header.source == self.partition:
+            self._reject(f"source {header.source!r} does not send layer {header.layer} here")
+        if array.shape[1] != columns:
+            self._reject(f"block from {header.source!r} has {array.shape[1]} columns, expected {columns}")
+        if not np.isfinite(array).all():
+            raise RejectedBlock(Rejection.NON_FINITE, "block contains NaN or infinity")
+
+    @staticmethod
+    def _reject(detail: str) -> None:
+        raise RejectedBlock(Rejection.UNEXPECTED_BLOCK, detail)
+
+    # -- gathering -----------------------------------------------------------------------
+
+    def add(self, header: BlockHeader, array: np.ndarray, delivery: Any) -> GatherKey | None:
+        """Add an admitted block; return its gather key when the gather is complete."""
+        self._seen.add(header.message_id())
+        key: GatherKey = (header.kind, header.step, header.micro_batch, header.layer)
+        gather = self._gather(key)
+        if gather.rows is not None and gather.rows != array.shape[0]:
+            raise RejectedBlock(
+                Rejection.UNEXPECTED_BLOCK,
+                f"block has {array.shape[0]} rows, the micro-batch has {gather.rows}",
+            )
+        gather.add(header.source, array, delivery)
+        return key if gather.is_complete else None
+
+    def _gather(self, key: GatherKey) -> Gather:
+        gather = self._gathers.get(key)
+        if gather is None:
+            kind, _, _, layer = key
+            gather = Gather(expected=self._sources(kind, layer))
+            self._gathers[key] = gather
+        return gather
+
+    def _sources(self, kind: MessageKind, layer: int) -> tuple[str, ...]:
+        """Senders of blocks of `layer` to this partition, in the plan's partition order."""
+        if kind is MessageKind.GRADIENT:
+            if layer == self.spec.depth:
+                return (SCHEDULER,)
+            return tuple(self.plan.owners(layer + 1))
+        if layer == 0:
+            return (SCHEDULER,)
+        return tuple(self.plan.owners(layer))
+
+    def _source_columns(self, source: str, layer: int) -> int:
+        if layer == 0:
+            return self.spec.input_width
+        if source not in self.plan.partitions:
+            return -1
+        return len(self.plan.neurons(source, layer))
+
+    def _feed_local(self, key: GatherKey, array: np.ndarray, result: ComputeResult) -> None:
+        gather = self._gather(key)
+        gather.add(self.partition, array)
+        if gather.is_complete:
+            result.ready.append(key)
+
+    # -- computation ---------------------------------------------------------------------
+
+    def compute(self, key: GatherKey) -> ComputeResult:
+        """Run the forward or backward pass that the complete gather `key` was waiting for."""
+        gather = self._gathers.pop(key)
+        result = ComputeResult(finished_deliveries=gather.deliveries)
+        kind, step, micro_batch, layer = key
+        attempt = self._attempts.get((self._phase(kind), step, micro_batch), 0)
+        if kind is MessageKind.GRADIENT:
+            self._backward(gather, step, micro_batch, layer, attempt, result)
+        else:
+            self._forward(gather, kind, step, micro_batch, layer + 1, attempt, result)
+        return result
+
+    def _forward(
+        self,
+        gather: Gather,
+        kind: MessageKind,
+        step: int,
+        micro_batch: int,
+        layer: int,
+        attempt: int,
+        result: ComputeResult,
+    ) -> None:
+        inputs = self._assemble_inputs(gather, layer - 1)
+        weights, biases = self.parameters[layer]
+        z, activation = kernels.forward(weights, biases, inputs, self.spec.activation(layer))
+        self.counters["forward"] += 1
+        if kind is MessageKind.ACTIVATION:
+            self._saved[(step, micro_batch, layer)] = (inputs, z)
+        for target in self._forward_targets(layer):
+            if target == self.partition:
+                self._feed_local((kind, step, micro_batch, layer), activation, result)
+            else:
+                result.sends.append(Send(target, kind, layer, step, micro_batch, attempt, activation))
+
+    def _forward_targets(self, layer: int) -> tuple[str, ...]:
+        if layer == self.spec.depth:
+            return (SCHEDULER,)
+        return tuple(self.plan.owners(layer + 1))
+
+    def _assemble_inputs(self, gather: Gather, layer: int) -> np.ndarray:
+        blocks = gather.blocks
+        if len(blocks) == 1:
+            # One sender owns all of layer `layer` (or it is the data): use its block as is.
+            return next(iter(blocks.values()))
+        inputs = np.empty((gather.rows or 0, self.spec.width(layer)), dtype=self.spec.np_dtype)
+        for source, block in blocks.items():
+            inputs[:, self.plan.neurons(source, layer)] = block
+        return inputs
+
+    def _backward(
+        self,
+        gather: Gather,
+        step: int,
+        micro_batch: int,
+        layer: int,
+        attempt: int,
+        result: ComputeResult,
+    ) -> None:
+        # NOTE: partials are summed in the plan's partition order, never arrival
+        # order, so the result does not depend on message timing.
+        partials = gather.ordered()
+        output_gradient = partials[0].copy() if len(partials) > 1 else partials[0]
+        for partial in partials[1:]:
+            output_gradient += partial
+        inputs, z = self._saved.pop((step, micro_batch, layer))
+        delta = kernels.delta_from_output_gradient(output_gradient, z, self.spec.activation(layer))
+        weights, _ = self.parameters[layer]
+        weight_gradient, bias_gradient, input_gradient = kernels.backward(
+            weights, delta, inputs, need_input_gradient=layer > 1
+        )
+        self.counters["backward"] += 1
+        accumulator = self._accumulators[layer]
+        if not accumulator.has(micro_batch):
+            accumulator.add(micro_batch, [weight_gradient, bias_gradient])
+        if layer == 1:
+            result.micro_batches_done.append((step, micro_batch, attempt))
+            return
+        assert input_gradient is not None
+        for owner in self.plan.owners(layer - 1):
+            columns = input_gradient[:, self.plan.neurons(owner, layer - 1)]
+            if owner == self.partition:
+                self._feed_local((MessageKind.GRADIENT, step, micro_batch, layer - 1), columns, result)
+            else:
+                result.sends.append(
+                    Send(owner, MessageKind.GRADIENT, layer - 1, step, micro_batch, attempt, columns)
+                )
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def apply_step(self, step: int, micro_batches: int) -> None:
+        """Apply the optimizer to the gradients of `micro_batches` micro-batches of `step`."""
+        if step != self.step:
+            raise ValueError(f"step.apply for step {step}, but the partition is at step {self.step}")
+        for layer in self.layers:
+            weight_gradient, bias_gradient = self._accumulators[layer].take(micro_batches)
+            weights, biases = self.parameters[layer]
+            apply_update(
+                self.optimizer, weights, weight_gradient, self._state(f"W{layer}"), step + 1
+            )
+            apply_update(self.optimizer, biases, bias_gradient, self._state(f"b{layer}"), step + 1)
+        self.step = step + 1
+        self._forget_before(self.step)
+
+    def _state(self, name: str) -> dict[str, np.ndarray]:
+        return self.optimizer_state.setdefault(name, {})
+
+    def _forget_before(self, step: int) -> None:
+        self._seen = {message_id for message_id in self._seen if message_id[1] >= step}
+        self._attempts = {key: value for key, value in self._attempts.items() if key[1] >= step}
+        self._saved = {key: value for key, value in self._saved.items() if key[0] >= step}
+        for key in [key for key in self._gathers if key[1] < step]:
+            self._orphans.extend(self._gathers.pop(key).deliveries)
+
+    def _drop_attempt(self, attempt_key: tuple[MessageKind, int, int]) -> None:
+        phase, step, micro_batch = attempt_key
+        for key in [
+            key
+            for key in self._gathers
+            if self._phase(key[0]) == phase and key[1] == step and key[2] == micro_batch
+        ]:
+            self._orphans.extend(self._gathers.pop(key).deliveries)
+        if phase is MessageKind.ACTIVATION:
+            for key in [key for key in self._saved if key[0] == step and key[1] == micro_batch]:
+                del self._saved[key]
+
+    @staticmethod
+    def _phase(kind: MessageKind) -> MessageKind:
+        # A training micro-batch's forward and backward blocks share one attempt counter.
+        return MessageKind.ACTIVATION if kind is MessageKind.GRADIENT else kind
+
+    def take_orphans(self) -> list[Any]:
+        """Return and forget the deliveries of gathers dropped as superseded."""
+        orphans, self._orphans = self._orphans, []
+        return orphans
+
+    def pending_deliveries(self) -> list[Any]:
+        """Deliveries held in incomplete gathers (to requeue on shutdown)."""
+        return [delivery for gather in self._gathers.values() for delivery in gather.deliveries]

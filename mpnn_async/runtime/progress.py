@@ -1,0 +1,86 @@
+"""Progress events of a job: logged, handed to a callback, and kept in the store for `mpnn status`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Callable
+
+from mpnn_async.store import ModelStore, Store
+
+__all__ = ["ProgressEvent", "ProgressRecorder", "read_progress", "progress_key"]
+
+log = logging.getLogger(__name__)
+
+# Old progress versions beyond this many are pruned; the latest one is what status shows.
+_KEEP_VERSIONS = 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One step or evaluation of a job. `accuracy` and `test_loss` are set after an evaluation."""
+
+    job: str
+    epoch: int
+    step: int
+    loss: float
+    total_steps: int = 0
+    samples_per_s: float = 0.0
+    test_loss: float | None = None
+    accuracy: float | None = None
+    state: str = "running"
+    time_s: float = dataclasses.field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        # JSON has no NaN: a loss that is not a number is stored as null.
+        return {
+            key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+
+def progress_key(job: str) -> tuple[str, ...]:
+    return ("jobs", job, "progress")
+
+
+class ProgressRecorder:
+    """Writes each event to the store and the log, and calls `on_event`."""
+
+    def __init__(
+        self, model_store: ModelStore, job: str, on_event: Callable[[ProgressEvent], None] | None
+    ) -> None:
+        self._store = model_store.store
+        self._model = model_store.model
+        self._job = job
+        self._on_event = on_event
+        self._count = 0
+
+    def record(self, event: ProgressEvent) -> None:
+        if event.accuracy is not None:
+            log.info(
+                "job.progress job=%s epoch=%d step=%d loss=%.5f test_loss=%.5f accuracy=%.4f",
+                event.job, event.epoch, event.step, event.loss, event.test_loss or math.nan, event.accuracy,
+            )
+        else:
+            log.debug(
+                "job.progress job=%s step=%d/%d loss=%.5f samples_per_s=%.0f",
+                event.job, event.step, event.total_steps, event.loss, event.samples_per_s,
+            )
+        meta = event.to_dict()
+        meta["model"] = self._model
+        self._store.update(progress_key(self._job), lambda _previous: ({}, meta))
+        self._count += 1
+        if self._count % _KEEP_VERSIONS == 0:
+            self._store.prune(progress_key(self._job), keep=_KEEP_VERSIONS)
+        if self._on_event is not None:
+            self._on_event(event)
+
+
+def read_progress(store: Store, job: str) -> dict[str, Any] | None:
+    """Return the latest progress record of `job`, or None if it never reported."""
+    key = progress_key(job)
+    if store.latest_version(key) is None:
+        return None
+    return store.read(key).meta

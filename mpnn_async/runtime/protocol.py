@@ -1,0 +1,137 @@
+"""Control messages and routing keys of the runtime.
+
+Data blocks (activations, gradients) use the binary codec in
+`mpnn_async.wire`; everything else is a small JSON control message whose
+`type` is one of `ControlType`. Every message of a job is routed on the data
+exchange by a key that starts with the job name:
+
+- `<job>.part.<partition>`: data and control for one partition; a worker's
+  queue for partition p binds `*.part.p`, so one queue serves every job.
+- `<job>.sched`: replies to the scheduler running that job.
+- `jobs`: job documents waiting for a scheduler (a durable queue).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Mapping
+
+from mpnn_async.wire import CodecError, RejectReason, decode_control, encode_control
+
+__all__ = [
+    "ControlType",
+    "Rejection",
+    "JOBS_ROUTING_KEY",
+    "control",
+    "parse_control",
+    "partition_binding",
+    "partition_routing_key",
+    "scheduler_routing_key",
+]
+
+JOBS_ROUTING_KEY = "jobs"
+JOBS_QUEUE = "jobs"
+
+
+class ControlType(enum.StrEnum):
+    # scheduler -> partition: load the plan and weights of a job, then reply JOB_READY.
+    JOB_START = "job.start"
+    # partition -> scheduler: weights loaded, ready for data.
+    JOB_READY = "job.ready"
+    # partition -> scheduler: every layer-1 neuron of this partition finished the
+    # backward pass of a micro-batch (implies every later layer did too).
+    MICRO_BATCH_DONE = "micro_batch.done"
+    # scheduler -> partition: apply the optimizer to the accumulated gradients.
+    STEP_APPLY = "step.apply"
+    # partition -> scheduler: new weights persisted as store version `version`.
+    STEP_DONE = "step.done"
+    # scheduler -> partition: the job is over; free its state.
+    JOB_END = "job.end"
+    # partition -> scheduler: the partition cannot go on with this job.
+    JOB_FAILED = "job.failed"
+
+
+class Rejection(enum.StrEnum):
+    """Runtime reasons to dead-letter a message that the codec accepted."""
+
+    # The message names a job this worker was never told about.
+    UNKNOWN_JOB = "unknown_job"
+    # The job names a plan that the store does not contain.
+    UNKNOWN_PLAN = "unknown_plan"
+    # The block's layer, source, destination or shape does not fit the plan.
+    UNEXPECTED_BLOCK = "unexpected_block"
+    # The block holds NaN or infinity.
+    NON_FINITE = "non_finite"
+    # A control message of an unknown type or with invalid fields.
+    INVALID_CONTROL = "invalid_control"
+
+
+# Required payload fields of each control type and their Python types.
+_FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
+    ControlType.JOB_START: {
+        "job": str,
+        "plan_id": str,
+        "model": str,
+        "optimizer": dict,
+        "step": int,
+    },
+    ControlType.JOB_READY: {"job": str, "partition": str, "worker": str, "version": int},
+    ControlType.MICRO_BATCH_DONE: {
+        "job": str,
+        "partition": str,
+        "step": int,
+        "micro_batch": int,
+        "attempt": int,
+    },
+    ControlType.STEP_APPLY: {"job": str, "step": int, "micro_batches": int},
+    ControlType.STEP_DONE: {"job": str, "partition": str, "step": int, "version": int},
+    ControlType.JOB_END: {"job": str},
+    ControlType.JOB_FAILED: {"job": str, "partition": str, "error": str},
+}
+
+
+def partition_routing_key(job: str, partition: str) -> str:
+    return f"{job}.part.{partition}"
+
+
+def partition_binding(partition: str) -> str:
+    return f"*.part.{partition}"
+
+
+def scheduler_routing_key(job: str) -> str:
+    return f"{job}.sched"
+
+
+def control(kind: ControlType, **payload: Any) -> bytes:
+    """Encode a control message, checking its fields against the protocol table."""
+    _check_fields(kind, payload)
+    return encode_control(str(kind), payload)
+
+
+def parse_control(body: bytes, *, max_size_bytes: int) -> tuple[ControlType, dict[str, Any]]:
+    """Decode and validate a control message; raise CodecError with the reason."""
+    message = decode_control(body, max_size_bytes=max_size_bytes)
+    try:
+        kind = ControlType(message.kind)
+    except ValueError:
+        raise CodecError(
+            RejectReason.INVALID_FIELD, f"unknown control type {message.kind!r}"
+        ) from None
+    payload = dict(message.payload)
+    _check_fields(kind, payload)
+    return kind, payload
+
+
+def _check_fields(kind: ControlType, payload: Mapping[str, Any]) -> None:
+    for name, expected in _FIELDS[kind].items():
+        if name not in payload:
+            raise CodecError(RejectReason.MISSING_FIELD, f"{kind}: missing field {name!r}")
+        value = payload[name]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise CodecError(
+                RejectReason.INVALID_FIELD,
+                f"{kind}: field {name!r} must be {getattr(expected, '__name__', expected)}, "
+                f"got {type(value).__name__}",
+            )
+        if isinstance(value, int) and value < 0:
+            raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field {name!r} is negative")

@@ -1,0 +1,338 @@
+"""The partition worker daemon: consumes its partitions' queues and computes their neurons."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import os
+import socket
+from typing import Any, Sequence
+
+from mpnn_async.errors import MpnnError
+from mpnn_async.runtime import weights
+from mpnn_async.runtime.partition import Admission, ComputeResult, PartitionJob, RejectedBlock, Send
+from mpnn_async.runtime.protocol import (
+    ControlType,
+    Rejection,
+    control,
+    parse_control,
+    partition_binding,
+    partition_routing_key,
+    scheduler_routing_key,
+)
+from mpnn_async.store import ModelStore, Store
+from mpnn_async.transport.base import Delivery, Outgoing, Transport
+from mpnn_async.wire import BlockHeader, CodecError, decode_block, encode_block, is_data_frame
+
+__all__ = ["Worker", "WorkerState"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Worker:
+    """Hosts partitions: one queue and one in-order handler per partition, all jobs alike."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        store: Store,
+        partitions: Sequence[str],
+        worker_id: str | None = None,
+        prefetch: int = 256,
+        max_message_bytes: int = 128 * 1024 * 1024,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        if not partitions:
+            raise ValueError("a worker needs at least one partition")
+        self.transport = transport
+        self.store = store
+        self.partitions = tuple(partitions)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.prefetch = prefetch
+        self.max_message_bytes = max_message_bytes
+        self.state = WorkerState.CREATED
+        self.counters = {"received": 0, "dead_lettered": 0, "duplicates": 0, "superseded": 0}
+        # jobs[job][partition]
+        self._jobs: dict[str, dict[str, PartitionJob]] = {}
+        self._consumer_tags: list[str] = []
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.partitions), thread_name_prefix="mpnn-compute"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.worker_id} partitions={list(self.partitions)} {self.state.name} "
+            f"jobs={sorted(self._jobs)} received={self.counters['received']}>"
+        )
+
+    async def start(self) -> None:
+        """Declare this worker's partition queues and start consuming them."""
+        for partition in self.partitions:
+            queue = await self.transport.declare_queue(
+                f"part.{partition}", [partition_binding(partition)], durable=True
+            )
+            tag = await self.transport.consume(
+                queue, self._handler_for(partition), prefetch=self.prefetch
+            )
+            self._consumer_tags.append(tag)
+        self.state = WorkerState.RUNNING
+        log.info(
+            "worker.started worker=%s partitions=%s prefetch=%d",
+            self.worker_id,
+            ",".join(self.partitions),
+            self.prefetch,
+        )
+
+    async def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Stop consuming, let the running computation finish, requeue what is held."""
+        if self.state is WorkerState.STOPPED:
+            return
+        self.state = WorkerState.DRAINING
+        log.info("worker.stopping worker=%s", self.worker_id)
+        for tag in self._consumer_tags:
+            await self.transport.cancel(tag)
+        self._consumer_tags.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("worker.stop_timeout worker=%s timeout_s=%.1f", self.worker_id, timeout_s)
+        held = [
+            delivery
+            for partition_jobs in self._jobs.values()
+            for job in partition_jobs.values()
+            for delivery in job.pending_deliveries()
+        ]
+        for delivery in held:
+            await delivery.requeue()
+        self._jobs.clear()
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+        self.state = WorkerState.STOPPED
+        log.info("worker.stopped worker=%s requeued=%d", self.worker_id, len(held))
+
+    def _handler_for(self, partition: str) -> Any:
+        async def handle(delivery: Delivery) -> None:
+            self._busy += 1
+            self._idle.clear()
+            try:
+                await self._handle(partition, delivery)
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.set()
+
+        return handle
+
+    async def _handle(self, partition: str, delivery: Delivery) -> None:
+        self.counters["received"] += 1
+        try:
+            if is_data_frame(delivery.body):
+                await self._handle_block(partition, delivery)
+            else:
+                await self._handle_control(partition, delivery)
+        except CodecError as error:
+            await self._dead_letter(delivery, str(error.reason), str(error), partition)
+        except RejectedBlock as error:
+            await self._dead_letter(delivery, str(error.reason), error.detail, partition)
+        except Exception as error:  # noqa: BLE001 - a worker must survive any one message
+            log.error(
+                "worker.handler_failed worker=%s partition=%s error=%r",
+                self.worker_id,
+                partition,
+                error,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            await self._dead_letter(delivery, "handler_error", repr(error), partition)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str, detail: str, partition: str) -> None:
+        self.counters["dead_lettered"] += 1
+        log.warning(
+            "message.rejected worker=%s partition=%s routing_key=%s reason=%s detail=%s",
+            self.worker_id,
+            partition,
+            delivery.routing_key,
+            reason,
+            detail,
+        )
+        await delivery.reject(reason, detail)
+
+    # -- data ------------------------------------------------------------------------------
+
+    async def _handle_block(self, partition: str, delivery: Delivery) -> None:
+        block = decode_block(delivery.body, max_size_bytes=self.max_message_bytes)
+        header = block.header
+        job = self._jobs.get(header.job, {}).get(partition)
+        if job is None:
+            raise RejectedBlock(Rejection.UNKNOWN_JOB, f"job {header.job!r} was not started here")
+        admission = job.admit(header, block.array)
+        if admission is not Admission.ACCEPT:
+            counter = "duplicates" if admission is Admission.DUPLICATE else "superseded"
+            self.counters[counter] += 1
+            log.debug(
+                "block.dropped reason=%s job=%s step=%d mb=%d layer=%d source=%s attempt=%d",
+                admission.value,
+                header.job,
+                header.step,
+                header.micro_batch,
+                header.layer,
+                header.source,
+                header.attempt,
+            )
+            await delivery.ack()
+            return
+        ready = job.add(header, block.array, delivery)
+        for orphan in job.take_orphans():
+            await orphan.ack()
+        pending = [ready] if ready is not None else []
+        loop = asyncio.get_running_loop()
+        while pending:
+            key = pending.pop(0)
+            result, outgoing = await loop.run_in_executor(self._executor, self._compute, job, key)
+            await self.transport.publish_many(outgoing)
+            for finished in result.finished_deliveries:
+                await finished.ack()
+            pending.extend(result.ready)
+
+    def _compute(self, job: PartitionJob, key: Any) -> tuple[ComputeResult, list[Outgoing]]:
+        # Runs in an executor thread: the matrix products and the encoding copies.
+        result = job.compute(key)
+        outgoing = [self._encode_send(job, send) for send in result.sends]
+        for step, micro_batch, attempt in result.micro_batches_done:
+            body = control(
+                ControlType.MICRO_BATCH_DONE,
+                job=job.job,
+                partition=job.partition,
+                step=step,
+                micro_batch=micro_batch,
+                attempt=attempt,
+            )
+            outgoing.append(Outgoing(scheduler_routing_key(job.job), body))
+        return result, outgoing
+
+    def _encode_send(self, job: PartitionJob, send: Send) -> Outgoing:
+        header = BlockHeader(
+            kind=send.kind,
+            job=job.job,
+            step=send.step,
+            micro_batch=send.micro_batch,
+            layer=send.layer,
+            source=job.partition,
+            destination=send.destination,
+            attempt=send.attempt,
+        )
+        if send.destination == "scheduler":
+            routing_key = scheduler_routing_key(job.job)
+        else:
+            routing_key = partition_routing_key(job.job, send.destination)
+        return Outgoing(routing_key, encode_block(header, send.array))
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def _handle_control(self, partition: str, delivery: Delivery) -> None:
+        kind, payload = parse_control(delivery.body, max_size_bytes=self.max_message_bytes)
+        job_name = payload["job"]
+        if kind is ControlType.JOB_START:
+            await self._start_job(partition, payload)
+        elif kind is ControlType.STEP_APPLY:
+            await self._apply_step(partition, payload)
+        elif kind is ControlType.JOB_END:
+            partition_jobs = self._jobs.get(job_name, {})
+            job = partition_jobs.pop(partition, None)
+            if job is not None:
+                for held in job.pending_deliveries():
+                    await held.ack()
+                log.info("job.ended job=%s partition=%s counters=%s", job_name, partition, job.counters)
+            if not partition_jobs:
+                self._jobs.pop(job_name, None)
+        else:
+            raise CodecError.invalid_control(f"{kind} is not sent to partitions")
+        await delivery.ack()
+
+    async def _start_job(self, partition: str, payload: dict[str, Any]) -> None:
+        job_name = payload["job"]
+        loop = asyncio.get_running_loop()
+        try:
+            job = await loop.run_in_executor(
+                self._executor, self._load_job, partition, payload
+            )
+        except MpnnError as error:
+            log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, error)
+            await self._publish_control(
+                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
+            )
+            return
+        self._jobs.setdefault(job_name, {})[partition] = job
+        log.info("job.started job=%s partition=%s step=%d version=%d", job_name, partition, job.step, job.version)
+        await self._publish_control(
+            job_name,
+            ControlType.JOB_READY,
+            job=job_name,
+            partition=partition,
+            worker=self.worker_id,
+            version=job.version,
+        )
+
+    def _load_job(self, partition: str, payload: dict[str, Any]) -> PartitionJob:
+        model_store = ModelStore(self.store, payload["model"])
+        return weights.load_partition_job(
+            model_store,
+            job=payload["job"],
+            plan_id=payload["plan_id"],
+            partition=partition,
+            optimizer=payload["optimizer"],
+            expected_step=payload["step"],
+        )
+
+    async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:
+        job_name = payload["job"]
+        job = self._jobs.get(job_name, {}).get(partition)
+        if job is None:
+            raise RejectedBlock(Rejection.UNKNOWN_JOB, f"job {job_name!r} was not started here")
+        step = payload["step"]
+        if step < job.step:
+            # A redelivered command for a step already applied: report it again, change nothing.
+            log.info("step.already_applied job=%s partition=%s step=%d", job_name, partition, step)
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._executor, self._apply_and_persist, job, step, payload["micro_batches"]
+                )
+            except (MpnnError, ValueError) as error:
+                log.error("step.failed job=%s partition=%s step=%d error=%s", job_name, partition, step, error)
+                await self._publish_control(
+                    job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
+                )
+                return
+        await self._publish_control(
+            job_name,
+            ControlType.STEP_DONE,
+            job=job_name,
+            partition=partition,
+            step=step,
+            version=job.version,
+        )
+
+    def _apply_and_persist(self, job: PartitionJob, step: int, micro_batches: int) -> None:
+        job.apply_step(step, micro_batches)
+        model_store = ModelStore(self.store, job.model_name)
+        weights.save_partition_job(model_store, job)
+
+    async def _publish_control(self, job: str, kind: ControlType, **payload: Any) -> None:
+        await self.transport.publish(
+            Outgoing(scheduler_routing_key(job), control(kind, **payload))
+        )
