@@ -12,6 +12,11 @@ __all__ = ["Activation", "apply", "derivative"]
 # sqrt(2 / pi), the constant of the tanh form of GELU.
 _GELU_C = 0.7978845608028654
 _GELU_K = 0.044715
+# NOTE: the cubic term uses z clipped to this bound, because in float32 z**3
+# overflows for |z| > 7e12 (a RuntimeWarning) and z**2 in the derivative for
+# |z| > 1.8e19 (a NaN slope). The clip changes no result: once |z| > 10, tanh of
+# the inner term already rounds to exactly +-1 in float32 and float64.
+_GELU_CUBIC_BOUND = 1e4
 
 
 class Activation(enum.StrEnum):
@@ -36,15 +41,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def _gelu_inner(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the tanh argument sqrt(2/pi) * (z + k z**3) and z clipped to the cubic bound."""
+    clipped = np.clip(z, -_GELU_CUBIC_BOUND, _GELU_CUBIC_BOUND)
+    return _GELU_C * (clipped + _GELU_K * clipped**3), clipped
+
+
 def _gelu(z: np.ndarray) -> np.ndarray:
-    inner = _GELU_C * (z + _GELU_K * z**3)
+    inner, _ = _gelu_inner(z)
     return 0.5 * z * (1.0 + np.tanh(inner))
 
 
 def _gelu_derivative(z: np.ndarray) -> np.ndarray:
-    inner = _GELU_C * (z + _GELU_K * z**3)
+    inner, clipped = _gelu_inner(z)
     t = np.tanh(inner)
-    d_inner = _GELU_C * (1.0 + 3.0 * _GELU_K * z**2)
+    d_inner = _GELU_C * (1.0 + 3.0 * _GELU_K * clipped**2)
     return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * d_inner
 
 

@@ -48,17 +48,28 @@ class OptimizerSpec:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            # A plain string such as "sgd" becomes the enum member, so that the
+            # `is` checks in apply_update pick the right rule.
+            object.__setattr__(self, "kind", OptimizerKind(self.kind))
+        except ValueError:
+            raise ConfigError(
+                "optimizer.kind",
+                f"unknown optimizer {self.kind!r}",
+                fix="use sgd, momentum or adam",
+            ) from None
         for name in ("learning_rate", "eps"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            if not (_is_real(value) and np.isfinite(value) and value > 0):
                 raise ConfigError(f"optimizer.{name}", f"must be a positive number, got {value!r}")
         for name in ("momentum", "beta1", "beta2"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            if not (_is_real(value) and 0 <= value < 1):
                 raise ConfigError(f"optimizer.{name}", f"must be in [0, 1), got {value!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+        decay = self.weight_decay
+        if not (_is_real(decay) and np.isfinite(decay) and decay >= 0):
             raise ConfigError(
-                "optimizer.weight_decay", f"must be >= 0, got {self.weight_decay!r}"
+                "optimizer.weight_decay", f"must be a finite number >= 0, got {decay!r}"
             )
 
     def state_names(self) -> tuple[str, ...]:
@@ -97,6 +108,11 @@ class OptimizerSpec:
         return cls(**values)
 
 
+def _is_real(value: Any) -> bool:
+    """Return True for an int or float. A bool is rejected although Python treats it as an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def apply_update(
     spec: OptimizerSpec,
     parameter: np.ndarray,
@@ -132,6 +148,8 @@ def apply_update(
         parameter -= lr * buffer
         return
 
+    if spec.kind is not OptimizerKind.ADAM:
+        raise AssertionError(f"no update rule for {spec.kind!r}")
     exp_avg = state.setdefault("exp_avg", np.zeros_like(parameter))
     exp_avg_sq = state.setdefault("exp_avg_sq", np.zeros_like(parameter))
     beta1 = dtype.type(spec.beta1)

@@ -85,11 +85,17 @@ class ReferenceTrainer:
     def accumulate(
         self, inputs: np.ndarray, targets: np.ndarray, micro_batches: Iterable[slice]
     ) -> tuple[float, Gradients]:
-        """Sum loss and gradients over micro-batches of one batch."""
+        """Sum loss and gradients over micro-batches of one batch.
+
+        The slices must cover the rows of `inputs` exactly once (in any order),
+        so that the sum is the whole batch's mean. Raises ValueError otherwise.
+        """
         rows = inputs.shape[0]
+        parts = list(micro_batches)
+        _check_cover(parts, rows)
         total_loss = 0.0
         total: Gradients | None = None
-        for part in micro_batches:
+        for part in parts:
             loss, grads = self.gradients(inputs[part], targets[part], batch_rows=rows)
             total_loss += loss
             if total is None:
@@ -122,3 +128,27 @@ class ReferenceTrainer:
         loss, grads = self.accumulate(inputs, targets, parts)
         self.apply(grads)
         return loss
+
+
+def _check_cover(parts: list[slice], rows: int) -> None:
+    """Raise ValueError unless `parts` are step-1 slices covering rows 0..rows-1 once each."""
+    if not parts:
+        raise ValueError("a batch needs at least one micro-batch")
+    bounds = []
+    for part in parts:
+        start, stop, step = part.indices(rows)
+        if step != 1 or stop <= start:
+            raise ValueError(
+                f"micro-batch {part} must select at least one row with step 1, like slice(0, 4)"
+            )
+        bounds.append((start, stop))
+    next_row = 0
+    for start, stop in sorted(bounds):
+        if start != next_row:
+            raise ValueError(
+                f"micro-batches {parts} do not cover rows 0..{rows - 1} exactly once "
+                f"(row {min(start, next_row)} is missed or counted twice)"
+            )
+        next_row = stop
+    if next_row != rows:
+        raise ValueError(f"micro-batches {parts} end at row {next_row}, the batch has {rows} rows")

@@ -47,6 +47,21 @@ class NetworkSpec:
             raise ConfigError(
                 "model.dtype", f"unsupported dtype {self.dtype!r}", fix="use float32 or float64"
             )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError("model.seed", f"must be a non-negative integer, got {self.seed!r}")
+        # Plain strings become enum members because code downstream compares
+        # with `is`, so a "relu" string would otherwise get Xavier instead of He init.
+        layers = tuple(
+            LayerSpec(
+                width=layer.width,
+                activation=_enum_field(
+                    Activation, layer.activation, f"model.layers[{index}].activation"
+                ),
+            )
+            for index, layer in enumerate(self.layers)
+        )
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "loss", _enum_field(Loss, self.loss, "model.loss"))
 
     @property
     def depth(self) -> int:
@@ -120,10 +135,14 @@ class NetworkSpec:
         if "input" not in data:
             raise ConfigError(f"{field}.input", "missing", fix="set the input width, e.g. 64")
         raw_layers = data.get("layers")
-        if not isinstance(raw_layers, list) or not raw_layers:
+        if not isinstance(raw_layers, (list, tuple)) or not raw_layers:
+            if raw_layers is None:
+                problem = "missing"
+            else:
+                problem = f"must be a non-empty list, got {raw_layers!r}"
             raise ConfigError(
                 f"{field}.layers",
-                "missing or empty",
+                problem,
                 fix='give a list such as [{width = 128, activation = "relu"}]',
             )
         layers = tuple(
