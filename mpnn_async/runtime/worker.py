@@ -332,7 +332,7 @@ class Worker:
         model_store = ModelStore(self.store, job.model_name)
         weights.save_partition_job(model_store, job)
 
-    async def _publish_control(self, job: str, kind: ControlType, **payload: Any) -> None:
+    async def _publish_control(self, job_name: str, kind: ControlType, **payload: Any) -> None:
         await self.transport.publish(
-            Outgoing(scheduler_routing_key(job), control(kind, **payload))
+            Outgoing(scheduler_routing_key(job_name), control(kind, **payload))
         )

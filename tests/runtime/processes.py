@@ -1,0 +1,80 @@
+"""Start `mpnn` daemons as real OS processes and stop them with real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class Daemons:
+    """Processes started by one test; `stop_all` sends SIGTERM and collects exit codes."""
+
+    def __init__(self, *, broker_url: str, namespace: str, store: Path, log_dir: Path) -> None:
+        self.broker_url = broker_url
+        self.namespace = namespace
+        self.store = store
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def environment(self) -> dict[str, str]:
+        environment = dict(os.environ)
+        environment["MPNN_BROKER_URL"] = self.broker_url
+        environment["MPNN_NAMESPACE"] = self.namespace
+        environment["MPNN_STORE"] = str(self.store)
+        return environment
+
+    def start(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
+        log_file = open(self.log_dir / f"{name}.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mpnn_async", "-v", *arguments],
+            env=self.environment(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        self.processes[name] = process
+        return process
+
+    def worker(self, partition: str, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(f"worker-{partition}", "worker", "--partition", partition, *extra)
+
+    def run(self, *arguments: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mpnn_async", *arguments],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, name: str, *, timeout_s: float = 30) -> int:
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"{name} did not exit within {timeout_s} s of SIGTERM:\n{self.log(name)}")
+
+    def stop_all(self) -> dict[str, int]:
+        return {name: self.stop(name) for name in list(self.processes)}
+
+
+def wait_until(predicate, *, timeout_s: float, what: str, interval_s: float = 0.1, details=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{details()}")

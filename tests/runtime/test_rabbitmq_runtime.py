@@ -1,0 +1,140 @@
+"""The runtime over the real RabbitMQ broker, with workers as separate `mpnn worker` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpnn_async.planning import Plan
+from mpnn_async.runtime import weights
+from mpnn_async.runtime.progress import read_progress
+from mpnn_async.runtime.reference_run import train_reference
+from mpnn_async.runtime.scheduler import JobRunner
+from mpnn_async.store import ModelStore, Store
+from mpnn_async.transport import open_transport
+from mpnn_async.transport.base import REJECT_REASON_HEADER, Outgoing
+from tests.runtime.jobs import PLANS, make_job, max_abs_difference, synthetic_dataset
+from tests.runtime.processes import Daemons, wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def daemons(broker_url, namespace, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started = Daemons(broker_url=broker_url, namespace=namespace, store=store, log_dir=logs)
+    yield started
+    codes = started.stop_all()
+    failed = {name: code for name, code in codes.items() if code != 0}
+    assert not failed, f"daemons exited non-zero after SIGTERM: {failed}\n" + "\n".join(
+        started.log(name) for name in failed
+    )
+
+
+@pytest.fixture
+async def broker(broker_url, namespace):
+    transport = await open_transport(broker_url, namespace=namespace, max_message_bytes=1 << 24)
+    yield transport
+    await transport.purge_namespace()
+    await transport.close()
+
+
+@pytest.mark.parametrize("strategy", sorted(PLANS))
+async def test_worker_processes_match_reference(strategy, daemons, broker):
+    job = make_job(f"rmq-{strategy}", PLANS[strategy])
+    dataset = synthetic_dataset()
+    store = Store.open(daemons.store)
+    for partition in job.build_plan().partitions:
+        daemons.worker(partition)
+
+    result = await JobRunner(job=job, transport=broker, store=store, dataset=dataset, ready_timeout_s=60).run()
+
+    reference = train_reference(job, dataset)
+    distributed = weights.load_parameters(ModelStore(store, job.name), job.build_plan())
+    assert result.steps == 6
+    assert max_abs_difference(distributed, reference.parameters) <= 1e-10
+
+
+async def test_malformed_message_dead_lettered_job_completes(daemons, broker, namespace):
+    job = make_job("rmq-malformed", PLANS["mixed"])
+    dataset = synthetic_dataset()
+    store = Store.open(daemons.store)
+    for partition in job.build_plan().partitions:
+        daemons.worker(partition)
+    runner = JobRunner(job=job, transport=broker, store=store, dataset=dataset, ready_timeout_s=60)
+    dead = asyncio.Queue()
+
+    async def on_dead(delivery):
+        await dead.put(dict(delivery.headers))
+        await delivery.ack()
+
+    tag = await broker.consume(broker.dead_letter_queue, on_dead, prefetch=10)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0)
+    await broker.declare_queue("part.b", ["*.part.b"], durable=True)
+    await broker.publish(Outgoing("rmq-malformed.part.b", b"MPN1\xff\xff\xff\xffgarbage"))
+    await broker.publish(Outgoing("rmq-malformed.part.b", b'{"type": "step.apply", "job": 3}'))
+
+    result = await asyncio.wait_for(task, timeout=120)
+    reasons = sorted([(await asyncio.wait_for(dead.get(), 30))[REJECT_REASON_HEADER] for _ in range(2)])
+    await broker.cancel(tag)
+
+    assert result.steps == 6
+    assert reasons == ["invalid_field", "truncated_header"] or len(reasons) == 2
+    assert "message.rejected" in daemons.log("worker-b")
+
+
+async def test_digits_job_over_rabbitmq(daemons, broker, tmp_path):
+    config = tmp_path / "digits.toml"
+    shutil.copy(ROOT / "configs" / "digits.toml", config)
+    daemons.start("scheduler", "scheduler")
+    for partition in ("a", "b", "c"):
+        daemons.worker(partition)
+
+    submitted = daemons.run("submit", str(config))
+    assert submitted.returncode == 0, submitted.stderr
+
+    store = Store.open(daemons.store)
+    progress = wait_until(
+        lambda: (p := read_progress(store, "digits")) and p["state"] == "finished" and p,
+        timeout_s=300,
+        what="the digits job to finish",
+        interval_s=0.5,
+        details=lambda: daemons.log("scheduler")[-3000:],
+    )
+    assert progress["accuracy"] >= 0.95
+    plan_ids = ModelStore(store, "digits").list_plans()
+    assert len(plan_ids) == 1
+    plan = Plan.from_dict(ModelStore(store, "digits").load_plan(plan_ids[0]))
+    parameters = weights.load_parameters(ModelStore(store, "digits"), plan)
+    assert [w.shape for w, _ in parameters] == [(128, 64), (64, 128), (10, 64)]
+    assert all(np.isfinite(w).all() for w, _ in parameters)
+
+
+def test_bad_job_file_rejected_naming_field(daemons, tmp_path):
+    bad = tmp_path / "bad.toml"
+    text = (ROOT / "configs" / "digits.toml").read_text()
+    bad.write_text(text.replace('activation = "relu"', 'activation = "relux"', 1))
+
+    submitted = daemons.run("submit", str(bad))
+
+    assert submitted.returncode == 3
+    assert "model.layers[0].activation" in submitted.stderr
+
+
+def test_worker_exits_zero_on_sigterm(daemons):
+    daemons.worker("a")
+    wait_until(lambda: "worker.started" in daemons.log("worker-a"), timeout_s=30, what="worker start",
+               details=lambda: daemons.log("worker-a"))
+
+    assert daemons.stop("worker-a") == 0
+    assert "worker.stopped" in daemons.log("worker-a")
