@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> ExitCode:
 
 
 def _print_progress(event: ProgressEvent) -> None:
-    if event.accuracy is not None:
+    # The final "finished" event repeats the last evaluation; print each evaluation once.
+    if event.accuracy is not None and event.state != "finished":
         print(
             f"epoch {event.epoch + 1}: step {event.step}/{event.total_steps} "
             f"train loss {event.loss:.4f} test loss {event.test_loss:.4f} "

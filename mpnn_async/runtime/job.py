@@ -23,7 +23,8 @@ from mpnn_async.model.spec import NetworkSpec
 __all__ = ["JOB_SCHEMA", "JobSpec", "TrainingSpec"]
 
 JOB_SCHEMA = "mpnn.job/1"
-_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# No dots: a job name is one word of a topic routing key (`<job>.part.<partition>`).
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TOP_LEVEL = ("schema", "job", "model", "plan", "optimizer", "dataset")
 
 
@@ -60,7 +61,7 @@ class TrainingSpec:
             raise ConfigError(
                 f"{field}.name",
                 f"invalid job name {name!r}",
-                fix="use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+                fix="use 1-64 letters, digits, '_' or '-', starting with a letter or digit",
             )
         model_name = data.get("model_name", "")
         if model_name and (not isinstance(model_name, str) or not _NAME_PATTERN.fullmatch(model_name)):
