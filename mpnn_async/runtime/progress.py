@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 from mpnn_async.store import ModelStore, Store
 
@@ -46,15 +46,12 @@ def progress_key(job: str) -> tuple[str, ...]:
 
 
 class ProgressRecorder:
-    """Writes each event to the store and the log, and calls `on_event`."""
+    """Writes each event to the store and the log; blocking, so async callers use an executor."""
 
-    def __init__(
-        self, model_store: ModelStore, job: str, on_event: Callable[[ProgressEvent], None] | None
-    ) -> None:
+    def __init__(self, model_store: ModelStore, job: str) -> None:
         self._store = model_store.store
         self._model = model_store.model
         self._job = job
-        self._on_event = on_event
         self._count = 0
 
     def record(self, event: ProgressEvent) -> None:
@@ -74,8 +71,6 @@ class ProgressRecorder:
         self._count += 1
         if self._count % _KEEP_VERSIONS == 0:
             self._store.prune(progress_key(self._job), keep=_KEEP_VERSIONS)
-        if self._on_event is not None:
-            self._on_event(event)
 
 
 def read_progress(store: Store, job: str) -> dict[str, Any] | None:

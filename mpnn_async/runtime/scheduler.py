@@ -92,7 +92,8 @@ class JobRunner:
         self.ready_timeout_s = ready_timeout_s
         self.step_timeout_s = step_timeout_s
         self.max_message_bytes = max_message_bytes
-        self.progress = ProgressRecorder(self.model_store, job.name, on_progress)
+        self.progress = ProgressRecorder(self.model_store, job.name)
+        self._on_progress = on_progress
         self.steps_done = 0
         self._failure: asyncio.Future[None] | None = None
         self._waiters: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
@@ -284,6 +285,12 @@ class JobRunner:
 
     # -- the job ---------------------------------------------------------------------------
 
+    async def _publish_progress(self, event: ProgressEvent) -> None:
+        # The store write fsyncs, so it runs off the event loop.
+        await asyncio.get_running_loop().run_in_executor(None, self.progress.record, event)
+        if self._on_progress is not None:
+            self._on_progress(event)
+
     async def _start_partitions(self, start_step: int) -> None:
         await self._publish_to_partitions(
             ControlType.JOB_START,
@@ -317,7 +324,7 @@ class JobRunner:
                 samples += len(indices)
                 epoch_losses.append(loss)
                 elapsed = time.monotonic() - step_started
-                self.progress.record(
+                await self._publish_progress(
                     ProgressEvent(
                         job=self.name,
                         epoch=epoch,
@@ -332,7 +339,7 @@ class JobRunner:
                     break
             last_epoch_losses = epoch_losses
             test_loss, accuracy = await self._evaluate(step, dataset)
-            self.progress.record(
+            await self._publish_progress(
                 ProgressEvent(
                     job=self.name,
                     epoch=epoch,
@@ -345,7 +352,7 @@ class JobRunner:
             )
             if stop:
                 break
-        self.progress.record(
+        await self._publish_progress(
             ProgressEvent(
                 job=self.name,
                 epoch=training.epochs - 1 if not stop else epoch,
