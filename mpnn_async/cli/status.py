@@ -36,10 +36,16 @@ def run(args: argparse.Namespace) -> ExitCode:
         entry = {"job": job, "progress": progress, "partitions": []}
         if progress and progress.get("model"):
             model_store = ModelStore(store, progress["model"])
+            workers = progress.get("workers") or {}
             for partition in model_store.list_partitions():
                 version = store.read(model_store.partition_key(partition))
                 entry["partitions"].append(
-                    {"partition": partition, "version": version.number, "step": version.meta.get("step")}
+                    {
+                        "partition": partition,
+                        "version": version.number,
+                        "step": version.meta.get("step"),
+                        "worker": workers.get(partition),
+                    }
                 )
         report.append(entry)
     if args.json:
@@ -56,5 +62,8 @@ def run(args: argparse.Namespace) -> ExitCode:
             f"loss {progress.get('loss')} accuracy {accuracy if accuracy is not None else 'n/a'}"
         )
         for partition in entry["partitions"]:
-            print(f"  partition {partition['partition']}: version {partition['version']} step {partition['step']}")
+            print(
+                f"  partition {partition['partition']}: version {partition['version']} "
+                f"step {partition['step']} worker {partition['worker'] or 'unknown'}"
+            )
     return ExitCode.OK

@@ -53,6 +53,8 @@ class ProgressRecorder:
         self._model = model_store.model
         self._job = job
         self._count = 0
+        # Partition name -> id of the worker that reported it ready.
+        self.workers: dict[str, str] = {}
 
     def record(self, event: ProgressEvent) -> None:
         if event.accuracy is not None:
@@ -67,6 +69,7 @@ class ProgressRecorder:
             )
         meta = event.to_dict()
         meta["model"] = self._model
+        meta["workers"] = dict(self.workers)
         self._store.update(progress_key(self._job), lambda _previous: ({}, meta))
         self._count += 1
         if self._count % _KEEP_VERSIONS == 0:

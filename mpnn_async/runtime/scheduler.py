@@ -226,6 +226,7 @@ class JobRunner:
             raise _UnexpectedOutput(f"control message of job {payload['job']!r}")
         partition = payload.get("partition", "")
         if kind is ControlType.JOB_READY:
+            self.progress.workers[partition] = payload["worker"]
             self._report(("ready",), partition, set(self.plan.partitions), payload)
         elif kind is ControlType.MICRO_BATCH_DONE:
             key = ("mb_done", payload["step"], payload["micro_batch"])
