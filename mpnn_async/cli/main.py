@@ -35,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"mpnn_async.cli.{name}").register(subparsers)
+    # Accept the logging flags after the subcommand too (`mpnn worker ... -v`).
+    # SUPPRESS keeps a value given before the subcommand when none is given after it.
+    for subparser in subparsers.choices.values():
+        subparser.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (-v info, -vv debug)"
+        )
+        subparser.add_argument(
+            "--log-level",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            default=argparse.SUPPRESS,
+            help="set the log level explicitly; overrides -v",
+        )
     return parser
 
 

@@ -41,6 +41,9 @@ class TrainingSpec:
     seed: int = 0
     # Stop after this many optimizer steps (0: run every epoch to the end).
     max_steps: int = 0
+    # Commit the weights to the store every this many steps, and always after the last.
+    # Each commit writes every partition's weights and optimizer state.
+    persist_every_steps: int = 1
     # Name of the model in the store; defaults to the job name.
     model_name: str = ""
 
@@ -74,6 +77,7 @@ class TrainingSpec:
             "in_flight": 1,
             "seed": 0,
             "max_steps": 0,
+            "persist_every_steps": 1,
         }
         for key, minimum in minimums.items():
             if key in data:

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 # Old progress versions beyond this many are pruned; the latest one is what status shows.
 _KEEP_VERSIONS = 20
+# Step events are written to the store at most this often (each write is an fsync);
+# evaluations and the final event are always written.
+_MIN_WRITE_INTERVAL_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class ProgressRecorder:
         self._model = model_store.model
         self._job = job
         self._count = 0
+        self._last_write = float("-inf")
         # Partition name -> id of the worker that reported it ready.
         self.workers: dict[str, str] = {}
 
@@ -67,6 +71,11 @@ class ProgressRecorder:
                 "job.progress job=%s step=%d/%d loss=%.5f samples_per_s=%.0f",
                 event.job, event.step, event.total_steps, event.loss, event.samples_per_s,
             )
+        now = time.monotonic()
+        is_routine = event.accuracy is None and event.state == "running"
+        if is_routine and now - self._last_write < _MIN_WRITE_INTERVAL_S:
+            return
+        self._last_write = now
         meta = event.to_dict()
         meta["model"] = self._model
         meta["workers"] = dict(self.workers)

@@ -83,7 +83,8 @@ _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
         "micro_batch": int,
         "attempt": int,
     },
-    ControlType.STEP_APPLY: {"job": str, "step": int, "micro_batches": int},
+    # `persist`: commit the new weights to the store now (always true for a job's last step).
+    ControlType.STEP_APPLY: {"job": str, "step": int, "micro_batches": int, "persist": bool},
     ControlType.STEP_DONE: {"job": str, "partition": str, "step": int, "version": int},
     ControlType.JOB_END: {"job": str},
     ControlType.JOB_FAILED: {"job": str, "partition": str, "error": str},
@@ -127,11 +128,12 @@ def _check_fields(kind: ControlType, payload: Mapping[str, Any]) -> None:
         if name not in payload:
             raise CodecError(RejectReason.MISSING_FIELD, f"{kind}: missing field {name!r}")
         value = payload[name]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        is_bool_mismatch = isinstance(value, bool) != (expected is bool)
+        if is_bool_mismatch or not isinstance(value, expected):
             raise CodecError(
                 RejectReason.INVALID_FIELD,
                 f"{kind}: field {name!r} must be {getattr(expected, '__name__', expected)}, "
                 f"got {type(value).__name__}",
             )
-        if isinstance(value, int) and value < 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field {name!r} is negative")

@@ -317,9 +317,15 @@ class JobRunner:
             batches = epoch_batches(
                 dataset.x_train.shape[0], training.batch_rows, seed=training.seed, epoch=epoch
             )
-            for indices in batches:
+            for batch_index, indices in enumerate(batches):
                 step_started = time.monotonic()
-                loss = await self._run_step(step, dataset.x_train[indices], dataset.y_train[indices])
+                is_last = (self.steps_done + 1 == training.max_steps) or (
+                    epoch == training.epochs - 1 and batch_index == len(batches) - 1
+                )
+                persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
+                loss = await self._run_step(
+                    step, dataset.x_train[indices], dataset.y_train[indices], persist=persist
+                )
                 step += 1
                 self.steps_done += 1
                 samples += len(indices)
@@ -386,7 +392,9 @@ class JobRunner:
         total = per_epoch * training.epochs
         return min(total, training.max_steps) if training.max_steps else total
 
-    async def _run_step(self, step: int, inputs: np.ndarray, labels: np.ndarray) -> float:
+    async def _run_step(
+        self, step: int, inputs: np.ndarray, labels: np.ndarray, *, persist: bool
+    ) -> float:
         rows = inputs.shape[0]
         slices = split_micro_batches(rows, self.job.training.micro_batch_rows)
         window = asyncio.Semaphore(self.job.training.in_flight)
@@ -409,7 +417,11 @@ class JobRunner:
             *(run_micro_batch(index, part) for index, part in enumerate(slices))
         )
         await self._publish_to_partitions(
-            ControlType.STEP_APPLY, job=self.name, step=step, micro_batches=len(slices)
+            ControlType.STEP_APPLY,
+            job=self.name,
+            step=step,
+            micro_batches=len(slices),
+            persist=persist,
         )
         await self._wait(("step_done", step), self.step_timeout_s, f"step {step} to be applied")
         return float(sum(losses))

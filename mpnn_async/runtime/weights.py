@@ -21,7 +21,11 @@ from mpnn_async.planning import Plan
 from mpnn_async.runtime.partition import PartitionJob
 from mpnn_async.store import ModelStore
 
+# Versions of a partition kept in the store; older ones are pruned after each commit.
+KEEP_VERSIONS = 3
+
 __all__ = [
+    "KEEP_VERSIONS",
     "load_parameters",
     "load_partition_job",
     "prepare_partitions",
@@ -236,4 +240,5 @@ def save_partition_job(model_store: ModelStore, job: PartitionJob) -> int:
         expected_version=job.version,
     )
     job.version = version
+    model_store.store.prune(model_store.partition_key(job.partition), keep=KEEP_VERSIONS)
     return version

@@ -310,7 +310,12 @@ class Worker:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(
-                    self._executor, self._apply_and_persist, job, step, payload["micro_batches"]
+                    self._executor,
+                    self._apply_and_persist,
+                    job,
+                    step,
+                    payload["micro_batches"],
+                    payload["persist"],
                 )
             except (MpnnError, ValueError) as error:
                 log.error("step.failed job=%s partition=%s step=%d error=%s", job_name, partition, step, error)
@@ -327,10 +332,12 @@ class Worker:
             version=job.version,
         )
 
-    def _apply_and_persist(self, job: PartitionJob, step: int, micro_batches: int) -> None:
+    def _apply_and_persist(
+        self, job: PartitionJob, step: int, micro_batches: int, persist: bool
+    ) -> None:
         job.apply_step(step, micro_batches)
-        model_store = ModelStore(self.store, job.model_name)
-        weights.save_partition_job(model_store, job)
+        if persist:
+            weights.save_partition_job(ModelStore(self.store, job.model_name), job)
 
     async def _publish_control(self, job_name: str, kind: ControlType, **payload: Any) -> None:
         await self.transport.publish(

@@ -72,6 +72,7 @@ def make_job(
     micro_batch_rows: int = 3,
     in_flight: int = 2,
     max_steps: int = 0,
+    persist_every_steps: int = 1,
 ) -> JobSpec:
     return JobSpec.from_dict(
         {
@@ -83,6 +84,7 @@ def make_job(
                 "in_flight": in_flight,
                 "seed": 5,
                 "max_steps": max_steps,
+                "persist_every_steps": persist_every_steps,
             },
             "model": MODEL,
             "plan": plan,

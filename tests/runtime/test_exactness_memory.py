@@ -69,3 +69,22 @@ async def test_second_job_continues_from_stored_weights(tmp_path, namespace):
     reference = train_reference(second, dataset, trainer=train_reference(first, dataset))
     distributed = weights.load_parameters(ModelStore(store, "continue"), second.build_plan())
     assert max_abs_difference(distributed, reference.parameters) <= 1e-10
+
+
+async def test_sparse_persistence_keeps_last_step(tmp_path, namespace):
+    job = make_job("sparse", PLANS["percent"], persist_every_steps=4)
+    dataset = synthetic_dataset()
+    store = Store.open(tmp_path, create=True)
+
+    await run_in_process(job, dataset, store, namespace)
+
+    model_store = ModelStore(store, "sparse")
+    plan = job.build_plan()
+    for partition in plan.partitions:
+        key = model_store.partition_key(partition)
+        # Version 1 is the initial slice; steps 4 and 6 were persisted.
+        assert store.latest_version(key) == 3
+        assert store.read(key).meta["step"] == 6
+        assert len(store.list_versions(key)) <= weights.KEEP_VERSIONS
+    reference = train_reference(job, dataset)
+    assert max_abs_difference(weights.load_parameters(model_store, plan), reference.parameters) <= 1e-10

@@ -16,7 +16,8 @@ from mpnn_async.runtime.reference_run import train_reference
 from mpnn_async.runtime.scheduler import JobRunner
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport import open_transport
-from mpnn_async.transport.base import REJECT_REASON_HEADER, Outgoing
+from mpnn_async.transport.base import REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, Outgoing
+from mpnn_async.wire import BlockHeader, encode_block
 from tests.runtime.jobs import PLANS, make_job, max_abs_difference, synthetic_dataset
 from tests.runtime.processes import Daemons, wait_until
 
@@ -81,15 +82,22 @@ async def test_malformed_message_dead_lettered_job_completes(daemons, broker, na
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(0)
     await broker.declare_queue("part.b", ["*.part.b"], durable=True)
-    await broker.publish(Outgoing("rmq-malformed.part.b", b"MPN1\xff\xff\xff\xffgarbage"))
-    await broker.publish(Outgoing("rmq-malformed.part.b", b'{"type": "step.apply", "job": 3}'))
+    ghost = BlockHeader(kind="activation", job="ghost", step=0, micro_batch=0, layer=0,
+                        source="scheduler", destination="b")
+    await broker.publish_many([
+        Outgoing("rmq-malformed.part.b", b"MPN1\xff\xff\xff\xffgarbage"),
+        Outgoing("rmq-malformed.part.b", b'{"type": "step.apply", "job": 3}'),
+        Outgoing("rmq-malformed.part.b", encode_block(ghost, np.zeros((2, 6)))),
+    ])
 
     result = await asyncio.wait_for(task, timeout=120)
-    reasons = sorted([(await asyncio.wait_for(dead.get(), 30))[REJECT_REASON_HEADER] for _ in range(2)])
+    dead_headers = [await asyncio.wait_for(dead.get(), 30) for _ in range(3)]
     await broker.cancel(tag)
 
     assert result.steps == 6
-    assert reasons == ["invalid_field", "truncated_header"] or len(reasons) == 2
+    reasons = sorted(headers[REJECT_REASON_HEADER] for headers in dead_headers)
+    assert reasons == ["header_too_large", "invalid_field", "unknown_job"]
+    assert all(headers[REJECT_DETAIL_HEADER] for headers in dead_headers)
     assert "message.rejected" in daemons.log("worker-b")
 
 
