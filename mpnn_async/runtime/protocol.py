@@ -8,6 +8,8 @@ exchange by a key that starts with the job name:
 - `<job>.part.<partition>`: data and control for one partition; a worker's
   queue for partition p binds `*.part.p`, so one queue serves every job.
 - `<job>.sched`: replies to the scheduler running that job.
+- `<job>.progress`: progress events; published without `mandatory`, for
+  whoever binds a queue to them.
 - `jobs`: job documents waiting for a scheduler (a durable queue).
 """
 
@@ -26,6 +28,7 @@ __all__ = [
     "parse_control",
     "partition_binding",
     "partition_routing_key",
+    "progress_routing_key",
     "scheduler_routing_key",
 ]
 
@@ -101,6 +104,11 @@ def partition_binding(partition: str) -> str:
 
 def scheduler_routing_key(job: str) -> str:
     return f"{job}.sched"
+
+
+def progress_routing_key(job: str) -> str:
+    """Routing key of a job's progress events (JSON objects with type `job.progress`)."""
+    return f"{job}.progress"
 
 
 def control(kind: ControlType, **payload: Any) -> bytes:

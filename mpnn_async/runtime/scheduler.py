@@ -33,11 +33,20 @@ from mpnn_async.runtime.protocol import (
     parse_control,
     partition_binding,
     partition_routing_key,
+    progress_routing_key,
     scheduler_routing_key,
 )
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport.base import Delivery, Outgoing, Transport
-from mpnn_async.wire import BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
+from mpnn_async.wire import (
+    BlockHeader,
+    CodecError,
+    MessageKind,
+    decode_block,
+    encode_block,
+    encode_control,
+    is_data_frame,
+)
 
 __all__ = ["JobFailedError", "JobResult", "JobRunner"]
 
@@ -287,8 +296,18 @@ class JobRunner:
     # -- the job ---------------------------------------------------------------------------
 
     async def _publish_progress(self, event: ProgressEvent) -> None:
+        """Record an event in the store, publish it on `<job>.progress`, hand it to the callback."""
         # The store write fsyncs, so it runs off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.progress.record, event)
+        # Not mandatory and not persistent: nobody has to be listening for progress.
+        await self.transport.publish(
+            Outgoing(
+                progress_routing_key(self.name),
+                encode_control("job.progress", event.to_dict()),
+                persistent=False,
+                mandatory=False,
+            )
+        )
         if self._on_progress is not None:
             self._on_progress(event)
 

@@ -6,8 +6,9 @@ Semantics every implementation keeps (the contract tests in
 - Two exchanges per namespace: a topic exchange for data and control
   messages (`<namespace>.data`) and a dead-letter exchange (`<namespace>.dlx`)
   that routes every rejected message to the queue `<namespace>.dead`.
-- `publish` is mandatory: a message that no queue is bound to receive raises
-  `UnroutableError` instead of vanishing. It returns when the broker has
+- `publish` is mandatory by default: a message that no queue is bound to
+  receive raises `UnroutableError` instead of vanishing (`Outgoing.mandatory`
+  turns this off for messages nobody may be listening for). It returns when the broker has
   confirmed the message; callers pipeline by running several publishes
   concurrently (`publish_many`). A body over `max_message_bytes` raises
   `MessageTooLargeError` before anything is sent.
@@ -89,6 +90,9 @@ class Outgoing:
     persistent: bool = True
     reply_to: str | None = None
     correlation_id: str | None = None
+    # Mandatory messages that match no queue raise UnroutableError. Only messages
+    # that nobody may be listening for (progress events) turn this off.
+    mandatory: bool = True
 
 
 class Delivery(abc.ABC):

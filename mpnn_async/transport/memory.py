@@ -331,6 +331,8 @@ class MemoryTransport(Transport):
         self._check_open()
         validate_outgoing(message, max_message_bytes=self.max_message_bytes)
         targets = self.broker.route(self.data_exchange, message.routing_key)
+        if not targets and not message.mandatory:
+            return
         if not targets:
             raise UnroutableError(
                 f"no queue is bound to routing key {message.routing_key!r} on exchange "

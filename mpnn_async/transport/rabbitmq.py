@@ -353,16 +353,23 @@ class RabbitMQTransport(Transport):
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
         )
-        await self._publish_confirmed(exchange, amqp_message, message.routing_key)
+        await self._publish_confirmed(
+            exchange, amqp_message, message.routing_key, mandatory=message.mandatory
+        )
 
     async def _publish_dead_letter(self, message: aio_pika.Message, routing_key: str) -> None:
         exchange = self._require_open(self._dead_letter_exchange)
         await self._publish_confirmed(exchange, message, routing_key)
 
     async def _publish_confirmed(
-        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        routing_key: str,
+        *,
+        mandatory: bool = True,
     ) -> None:
-        """Publish with mandatory set and wait for the confirm, across a reconnection if needed."""
+        """Publish (mandatory unless told otherwise) and wait for the confirm, across a reconnection."""
         publisher = self._require_open(self._publisher)
         timeout_s = self.settings.publish_timeout_s
         try:
@@ -370,7 +377,7 @@ class RabbitMQTransport(Transport):
                 while True:
                     await publisher.ready()
                     try:
-                        result = await exchange.publish(message, routing_key, mandatory=True)
+                        result = await exchange.publish(message, routing_key, mandatory=mandatory)
                         break
                     except aiormq.exceptions.ChannelInvalidStateError:
                         # Raised before the frame was sent: the channel closed

@@ -88,3 +88,30 @@ async def test_sparse_persistence_keeps_last_step(tmp_path, namespace):
         assert len(store.list_versions(key)) <= weights.KEEP_VERSIONS
     reference = train_reference(job, dataset)
     assert max_abs_difference(weights.load_parameters(model_store, plan), reference.parameters) <= 1e-10
+
+
+async def test_progress_events_published(tmp_path, namespace):
+    from mpnn_async.wire import decode_control
+
+    job = make_job("events", PLANS["whole"], max_steps=3)
+    store = Store.open(tmp_path, create=True)
+    transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
+    queue = await transport.declare_queue("watch", ["events.progress"], durable=False)
+    events = []
+
+    async def collect(delivery):
+        events.append(decode_control(delivery.body, max_size_bytes=1 << 20).payload)
+        await delivery.ack()
+
+    await transport.consume(queue, collect, prefetch=100)
+    worker = Worker(transport=transport, store=store, partitions=("a", "b", "c"))
+    await worker.start()
+    try:
+        await JobRunner(job=job, transport=transport, store=store, dataset=synthetic_dataset()).run()
+    finally:
+        await worker.stop(timeout_s=5)
+        await transport.close()
+
+    assert [event["step"] for event in events if event["accuracy"] is None] == [1, 2, 3]
+    assert events[-1]["state"] == "finished"
+    assert events[-1]["accuracy"] is not None
