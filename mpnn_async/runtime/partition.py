@@ -34,7 +34,7 @@ GatherKey = tuple[MessageKind, int, int, int]
 
 
 class Admission(enum.Enum):
-    """What to do with an incoming block, decided before it touches any state."""
+    """Decision on an incoming block, taken before it touches any state."""
 
     # New and valid: add it to its gather.
     ACCEPT = "accept"
@@ -59,7 +59,7 @@ class Send:
 
 @dataclasses.dataclass(slots=True)
 class ComputeResult:
-    """What one computation produced: blocks to send, work that became ready, messages to ack."""
+    """Output of one computation: blocks to send, work that became ready, messages to ack."""
 
     sends: list[Send] = dataclasses.field(default_factory=list)
     ready: list[GatherKey] = dataclasses.field(default_factory=list)

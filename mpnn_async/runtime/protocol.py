@@ -8,8 +8,8 @@ exchange by a key that starts with the job name:
 - `<job>.part.<partition>`: data and control for one partition; a worker's
   queue for partition p binds `*.part.p`, so one queue serves every job.
 - `<job>.sched`: replies to the scheduler running that job.
-- `<job>.progress`: progress events; published without `mandatory`, for
-  whoever binds a queue to them.
+- `<job>.progress`: progress events, published without `mandatory`, so they
+  reach any queue bound to them and are dropped when there is none.
 - `jobs`: job documents waiting for a scheduler (a durable queue).
 """
 
@@ -57,7 +57,7 @@ class ControlType(enum.StrEnum):
 class Rejection(enum.StrEnum):
     """Runtime reasons to dead-letter a message that the codec accepted."""
 
-    # The message names a job this worker was never told about.
+    # The message names a job that this worker has not started.
     UNKNOWN_JOB = "unknown_job"
     # The job names a plan that the store does not contain.
     UNKNOWN_PLAN = "unknown_plan"

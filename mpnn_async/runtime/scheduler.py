@@ -1,8 +1,8 @@
 """The scheduler: runs one training job over the partition workers.
 
-For each step it feeds micro-batches into the owners of layer 1 (keeping up
-to `in_flight` of them in the pipeline), assembles the last layer's slices,
-computes the loss and sends each owner of the last layer the gradient of its
+For each step it feeds micro-batches into the owners of layer 1, keeping up
+to `in_flight` of them in the pipeline. It assembles the last layer's slices,
+computes the loss, and sends each owner of the last layer the gradient of its
 columns. When every micro-batch of the step has finished its backward pass,
 it commands the optimizer step and waits until every partition has persisted
 its new version. Evaluation runs forward-only `inference` blocks.
@@ -104,6 +104,7 @@ class JobRunner:
         self.progress = ProgressRecorder(self.model_store, job.name)
         self._on_progress = on_progress
         self.steps_done = 0
+        self._samples = 0
         self._failure: asyncio.Future[None] | None = None
         self._waiters: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._outputs: dict[tuple[MessageKind, int, int], Gather] = {}
@@ -299,7 +300,7 @@ class JobRunner:
         """Record an event in the store, publish it on `<job>.progress`, hand it to the callback."""
         # The store write fsyncs, so it runs off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.progress.record, event)
-        # Not mandatory and not persistent: nobody has to be listening for progress.
+        # Not mandatory and not persistent, because no consumer is required for progress.
         await self.transport.publish(
             Outgoing(
                 progress_routing_key(self.name),
@@ -326,44 +327,12 @@ class JobRunner:
     async def _train(self, dataset: Dataset, start_step: int, started: float) -> JobResult:
         training = self.job.training
         step = start_step
-        last_epoch_losses: list[float] = []
+        epoch_losses: list[float] = []
         accuracy: float | None = None
         test_loss = float("nan")
-        samples = 0
-        stop = False
+        epoch = 0
         for epoch in range(training.epochs):
-            epoch_losses = []
-            batches = epoch_batches(
-                dataset.x_train.shape[0], training.batch_rows, seed=training.seed, epoch=epoch
-            )
-            for batch_index, indices in enumerate(batches):
-                step_started = time.monotonic()
-                is_last = (self.steps_done + 1 == training.max_steps) or (
-                    epoch == training.epochs - 1 and batch_index == len(batches) - 1
-                )
-                persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
-                loss = await self._run_step(
-                    step, dataset.x_train[indices], dataset.y_train[indices], persist=persist
-                )
-                step += 1
-                self.steps_done += 1
-                samples += len(indices)
-                epoch_losses.append(loss)
-                elapsed = time.monotonic() - step_started
-                await self._publish_progress(
-                    ProgressEvent(
-                        job=self.name,
-                        epoch=epoch,
-                        step=step,
-                        loss=loss,
-                        samples_per_s=len(indices) / elapsed if elapsed > 0 else 0.0,
-                        total_steps=self._total_steps(dataset),
-                    )
-                )
-                if training.max_steps and self.steps_done >= training.max_steps:
-                    stop = True
-                    break
-            last_epoch_losses = epoch_losses
+            step, epoch_losses = await self._run_epoch(dataset, epoch, step)
             test_loss, accuracy = await self._evaluate(step, dataset)
             await self._publish_progress(
                 ProgressEvent(
@@ -376,14 +345,16 @@ class JobRunner:
                     total_steps=self._total_steps(dataset),
                 )
             )
-            if stop:
+            if self._reached_max_steps():
                 break
+
+        train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
         await self._publish_progress(
             ProgressEvent(
                 job=self.name,
-                epoch=training.epochs - 1 if not stop else epoch,
+                epoch=epoch,
                 step=step,
-                loss=float(np.mean(last_epoch_losses)) if last_epoch_losses else float("nan"),
+                loss=train_loss,
                 test_loss=test_loss,
                 accuracy=accuracy,
                 total_steps=self._total_steps(dataset),
@@ -397,13 +368,52 @@ class JobRunner:
             model=self.model_store.model,
             plan_id=self.plan.plan_id,
             steps=self.steps_done,
-            train_loss=float(np.mean(last_epoch_losses)) if last_epoch_losses else float("nan"),
+            train_loss=train_loss,
             test_accuracy=accuracy,
             test_loss=test_loss,
             wall_time_s=wall_time_s,
-            samples_per_s=samples / wall_time_s if wall_time_s > 0 else 0.0,
+            samples_per_s=self._samples / wall_time_s if wall_time_s > 0 else 0.0,
             store_path=str(self.store.root),
         )
+
+    def _reached_max_steps(self) -> bool:
+        max_steps = self.job.training.max_steps
+        return bool(max_steps) and self.steps_done >= max_steps
+
+    async def _run_epoch(self, dataset: Dataset, epoch: int, step: int) -> tuple[int, list[float]]:
+        """Run the steps of one epoch from `step`; return the next step and each step's loss."""
+        training = self.job.training
+        losses: list[float] = []
+        batches = epoch_batches(
+            dataset.x_train.shape[0], training.batch_rows, seed=training.seed, epoch=epoch
+        )
+        for batch_index, indices in enumerate(batches):
+            step_started = time.monotonic()
+            is_last = (self.steps_done + 1 == training.max_steps) or (
+                epoch == training.epochs - 1 and batch_index == len(batches) - 1
+            )
+            persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
+            loss = await self._run_step(
+                step, dataset.x_train[indices], dataset.y_train[indices], persist=persist
+            )
+            step += 1
+            self.steps_done += 1
+            self._samples += len(indices)
+            losses.append(loss)
+            elapsed_s = time.monotonic() - step_started
+            await self._publish_progress(
+                ProgressEvent(
+                    job=self.name,
+                    epoch=epoch,
+                    step=step,
+                    loss=loss,
+                    samples_per_s=len(indices) / elapsed_s if elapsed_s > 0 else 0.0,
+                    total_steps=self._total_steps(dataset),
+                )
+            )
+            if self._reached_max_steps():
+                break
+        return step, losses
 
     def _total_steps(self, dataset: Dataset) -> int:
         training = self.job.training

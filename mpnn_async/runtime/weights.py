@@ -1,8 +1,8 @@
 """Partition slices in the shared store: initialise, load, persist and assemble them.
 
-One store object per partition holds, for each layer l it owns, the arrays
-`W{l}` (its rows of W), `b{l}`, `neurons{l}` (the row indices) and the
-optimizer state `W{l}.<name>` / `b{l}.<name>`; its metadata records the plan
+One store object per partition contains, for each layer l it owns, the
+arrays `W{l}` (its rows of W), `b{l}`, `neurons{l}` (the row indices) and the
+optimizer state `W{l}.<name>` and `b{l}.<name>`. Its metadata records the plan
 id and the number of optimizer steps applied (`step`).
 """
 
@@ -40,9 +40,9 @@ def prepare_partitions(
 ) -> int:
     """Make the store hold every partition of `plan`; return the step they are at.
 
-    Partitions already stored under this plan are kept (a job continues from
-    them). A model stored under another plan is re-cut into this plan's
-    partitions, weights and optimizer state alike; a new model is initialised
+    Partitions already stored under this plan are kept, so a job continues
+    from them. A model stored under another plan is re-cut into this plan's
+    partitions, weights and optimizer state alike. A new model is initialised
     from the spec's seed, or from `initial` when given.
     """
     model_store.save_plan(plan.to_dict(), plan_id=plan.plan_id)
