@@ -362,6 +362,22 @@ class PartitionJob:
         # A training micro-batch's forward and backward blocks share one attempt counter.
         return MessageKind.ACTIVATION if kind is MessageKind.GRADIENT else kind
 
+    def max_held_blocks(self, in_flight: int) -> int:
+        """Return the most blocks this partition may hold unacknowledged at once.
+
+        Each micro-batch in flight leaves at most one block per remote sender
+        waiting in each of its gathers. One more micro-batch is counted because
+        a finished micro-batch's blocks are acknowledged just after its
+        successor may already have started.
+        """
+        per_micro_batch = 0
+        for layer in self.layers:
+            for kind, block_layer in ((MessageKind.ACTIVATION, layer - 1), (MessageKind.GRADIENT, layer)):
+                per_micro_batch += sum(
+                    1 for source in self._sources(kind, block_layer) if source != self.partition
+                )
+        return (in_flight + 1) * per_micro_batch
+
     def take_orphans(self) -> list[Any]:
         """Return and forget the deliveries of gathers dropped as superseded."""
         orphans, self._orphans = self._orphans, []

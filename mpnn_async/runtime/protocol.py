@@ -77,6 +77,8 @@ _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
         "model": str,
         "optimizer": dict,
         "step": int,
+        # Micro-batches the scheduler keeps in flight; bounds the blocks a worker holds.
+        "in_flight": int,
     },
     ControlType.JOB_READY: {"job": str, "partition": str, "worker": str, "version": int},
     ControlType.MICRO_BATCH_DONE: {

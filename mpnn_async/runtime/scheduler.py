@@ -11,6 +11,7 @@ its new version. Evaluation runs forward-only `inference` blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -143,6 +144,11 @@ class JobRunner:
         try:
             await self._start_partitions(start_step)
             result = await self._train(self.dataset, start_step, started)
+        except BaseException:
+            # Let the workers free the failed job's state; the original error matters more.
+            with contextlib.suppress(Exception):
+                await self._publish_to_partitions(ControlType.JOB_END, job=self.name)
+            raise
         finally:
             await self._close_queues()
         log.info("job.finished job=%s result=%s", self.name, result.to_dict())
@@ -320,6 +326,7 @@ class JobRunner:
             model=self.model_store.model,
             optimizer=self.job.optimizer.to_dict(),
             step=start_step,
+            in_flight=self.job.training.in_flight,
         )
         await self._wait(("ready",), self.ready_timeout_s, "every partition to load its weights")
         log.info("job.partitions_ready job=%s", self.name)

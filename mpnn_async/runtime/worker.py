@@ -275,6 +275,20 @@ class Worker:
                 job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
             )
             return
+        held = job.max_held_blocks(payload["in_flight"])
+        if held >= self.prefetch:
+            # NOTE: past this bound a gather could wait for a block that the broker
+            # will not deliver until an unacknowledged one is settled: a deadlock.
+            error = (
+                f"partition {partition!r} may hold {held} unacknowledged blocks with "
+                f"job.in_flight = {payload['in_flight']}, but the worker's prefetch is "
+                f"{self.prefetch}; lower job.in_flight or start the worker with a larger --prefetch"
+            )
+            log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, error)
+            await self._publish_control(
+                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=error
+            )
+            return
         self._jobs.setdefault(job_name, {})[partition] = job
         log.info("job.started job=%s partition=%s step=%d version=%d", job_name, partition, job.step, job.version)
         await self._publish_control(

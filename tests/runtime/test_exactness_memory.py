@@ -115,3 +115,20 @@ async def test_progress_events_published(tmp_path, namespace):
     assert [event["step"] for event in events if event["accuracy"] is None] == [1, 2, 3]
     assert events[-1]["state"] == "finished"
     assert events[-1]["accuracy"] is not None
+
+
+async def test_in_flight_beyond_prefetch_fails_job(tmp_path, namespace):
+    from mpnn_async.runtime.scheduler import JobFailedError
+
+    job = make_job("prefetch", PLANS["count"], in_flight=10)
+    store = Store.open(tmp_path, create=True)
+    transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
+    worker = Worker(transport=transport, store=store, partitions=("a", "b", "c"), prefetch=16)
+    await worker.start()
+    try:
+        runner = JobRunner(job=job, transport=transport, store=store, dataset=synthetic_dataset())
+        with pytest.raises(JobFailedError, match="lower job.in_flight"):
+            await runner.run()
+    finally:
+        await worker.stop(timeout_s=5)
+        await transport.close()
