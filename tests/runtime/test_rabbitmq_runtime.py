@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,30 @@ def test_worker_exits_zero_on_sigterm(daemons):
 
     assert daemons.stop("worker-a") == 0
     assert "worker.stopped" in daemons.log("worker-a")
+
+
+async def test_worker_sigterm_mid_job_exits_zero(daemons, broker):
+    job = make_job("rmq-sigterm", PLANS["count"], epochs=50)
+    dataset = synthetic_dataset()
+    store = Store.open(daemons.store)
+    for partition in job.build_plan().partitions:
+        daemons.worker(partition)
+    steps = asyncio.Queue()
+    runner = JobRunner(
+        job=job, transport=broker, store=store, dataset=dataset, ready_timeout_s=60,
+        step_timeout_s=30, on_progress=lambda event: steps.put_nowait(event.step),
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        while await asyncio.wait_for(steps.get(), 60) < 3:
+            pass
+        exit_code = await asyncio.to_thread(daemons.stop, "worker-b")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    assert exit_code == 0
+    log = daemons.log("worker-b")
+    assert "worker.stopping" in log
+    assert "worker.stopped" in log
