@@ -15,7 +15,7 @@ from mpnn_async.store import Store
 from mpnn_async.transport import open_transport
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "scheduler",
         help="run the scheduler daemon",

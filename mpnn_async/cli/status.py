@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import orjson
 
@@ -13,7 +14,7 @@ from mpnn_async.settings import add_runtime_arguments
 from mpnn_async.store import ModelStore, Store
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status",
         help="show jobs, progress and partitions",
@@ -30,16 +31,17 @@ def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args)
     store = Store.open(settings.store, create=False)
     jobs = [args.job] if args.job else store.list_children(("jobs",))
-    report = []
+    report: list[dict[str, Any]] = []
     for job in jobs:
         progress = read_progress(store, job)
-        entry = {"job": job, "progress": progress, "partitions": []}
+        partitions: list[dict[str, Any]] = []
+        entry = {"job": job, "progress": progress, "partitions": partitions}
         if progress and progress.get("model"):
             model_store = ModelStore(store, progress["model"])
             workers = progress.get("workers") or {}
             for partition in model_store.list_partitions():
                 version = store.read(model_store.partition_key(partition))
-                entry["partitions"].append(
+                partitions.append(
                     {
                         "partition": partition,
                         "version": version.number,

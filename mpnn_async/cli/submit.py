@@ -17,7 +17,7 @@ from mpnn_async.transport import open_transport
 from mpnn_async.transport.base import Outgoing
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "submit",
         help="publish a job to the job queue",

@@ -16,7 +16,7 @@ from mpnn_async.runtime.progress import ProgressEvent
 from mpnn_async.settings import add_runtime_arguments
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "train",
         help="run a training job on this machine",

@@ -354,8 +354,8 @@ class PartitionJob:
         ]:
             self._orphans.extend(self._gathers.pop(key).deliveries)
         if phase is MessageKind.ACTIVATION:
-            for key in [key for key in self._saved if key[0] == step and key[1] == micro_batch]:
-                del self._saved[key]
+            for saved_key in [k for k in self._saved if k[0] == step and k[1] == micro_batch]:
+                del self._saved[saved_key]
 
     @staticmethod
     def _phase(kind: MessageKind) -> MessageKind:

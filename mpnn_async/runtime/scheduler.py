@@ -424,7 +424,7 @@ class JobRunner:
 
     def _total_steps(self, dataset: Dataset) -> int:
         training = self.job.training
-        per_epoch = -(-dataset.x_train.shape[0] // training.batch_rows)
+        per_epoch = -(-int(dataset.x_train.shape[0]) // training.batch_rows)
         total = per_epoch * training.epochs
         return min(total, training.max_steps) if training.max_steps else total
 
@@ -466,7 +466,8 @@ class JobRunner:
         if self.spec.loss is Loss.SOFTMAX_CROSS_ENTROPY:
             return labels
         outputs = self.spec.width(self.spec.depth)
-        return np.eye(outputs, dtype=self.spec.np_dtype)[labels]
+        targets: np.ndarray = np.eye(outputs, dtype=self.spec.np_dtype)[labels]
+        return targets
 
     async def _forward(
         self, kind: MessageKind, step: int, micro_batch: int, inputs: np.ndarray

@@ -259,7 +259,7 @@ class Worker:
             if not partition_jobs:
                 self._jobs.pop(job_name, None)
         else:
-            raise CodecError.invalid_control(f"{kind} is not sent to partitions")
+            raise RejectedBlock(Rejection.INVALID_CONTROL, f"{kind} is not sent to partitions")
         await delivery.ack()
 
     async def _start_job(self, partition: str, payload: dict[str, Any]) -> None:
@@ -279,14 +279,14 @@ class Worker:
         if held >= self.prefetch:
             # NOTE: past this bound a gather could wait for a block that the broker
             # will not deliver until an unacknowledged one is settled: a deadlock.
-            error = (
+            problem = (
                 f"partition {partition!r} may hold {held} unacknowledged blocks with "
                 f"job.in_flight = {payload['in_flight']}, but the worker's prefetch is "
                 f"{self.prefetch}; lower job.in_flight or start the worker with a larger --prefetch"
             )
-            log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, error)
+            log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, problem)
             await self._publish_control(
-                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=error
+                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=problem
             )
             return
         self._jobs.setdefault(job_name, {})[partition] = job
