@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -38,13 +39,20 @@ def test_example_job_reaches_accuracy(config, target, tmp_path):
 
 
 @pytest.mark.rabbitmq
-def test_train_with_broker_starts_worker_processes(tmp_path, broker_url, namespace):
+async def test_train_with_broker_starts_worker_processes(tmp_path, broker_url, namespace, transport_factory):
     config = tmp_path / "short.toml"
     text = (ROOT / "configs" / "digits.toml").read_text()
     config.write_text(text.replace("epochs = 12", "epochs = 1\nmax_steps = 20"))
     env = dict(os.environ, MPNN_NAMESPACE=namespace)
 
-    completed = train(config, tmp_path / "store", "--broker", broker_url, "-v", env=env)
+    completed = await asyncio.to_thread(
+        train, config, tmp_path / "store", "--broker", broker_url, "-v", env=env
+    )
+    # The run's worker processes declared these queues; declaring them here lets
+    # the fixture's transport delete them with the rest of the namespace.
+    cleanup = await transport_factory("rabbitmq")
+    for partition in ("a", "b", "c"):
+        await cleanup.declare_queue(f"part.{partition}", [f"*.part.{partition}"], durable=True)
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])

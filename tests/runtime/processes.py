@@ -39,6 +39,14 @@ class Daemons:
         self.processes[name] = process
         return process
 
+    def declared_queues(self) -> list[str]:
+        """Return the queue names (local to the namespace) that the started daemons declare."""
+        names = [name.removeprefix("worker-") for name in self.processes if name.startswith("worker-")]
+        queues = [f"part.{partition}" for partition in names]
+        if "scheduler" in self.processes or "submit" in self.processes:
+            queues.append("jobs")
+        return queues
+
     def worker(self, partition: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(f"worker-{partition}", "worker", "--partition", partition, *extra)
 

@@ -28,26 +28,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def daemons(broker_url, namespace, tmp_path):
+async def broker(broker_url, namespace):
+    transport = await open_transport(broker_url, namespace=namespace, max_message_bytes=1 << 24)
+    yield transport
+    await transport.purge_namespace()
+    await transport.close()
+
+
+@pytest.fixture
+async def daemons(broker, broker_url, namespace, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     logs = tmp_path / "logs"
     logs.mkdir()
     started = Daemons(broker_url=broker_url, namespace=namespace, store=store, log_dir=logs)
     yield started
-    codes = started.stop_all()
+    codes = await asyncio.to_thread(started.stop_all)
+    # The daemons declared these queues, so the test's own transport must delete them.
+    for name in started.declared_queues():
+        await broker.delete_queue(broker.queue_name(name))
     failed = {name: code for name, code in codes.items() if code != 0}
     assert not failed, f"daemons exited non-zero after SIGTERM: {failed}\n" + "\n".join(
         started.log(name) for name in failed
     )
-
-
-@pytest.fixture
-async def broker(broker_url, namespace):
-    transport = await open_transport(broker_url, namespace=namespace, max_message_bytes=1 << 24)
-    yield transport
-    await transport.purge_namespace()
-    await transport.close()
 
 
 @pytest.mark.parametrize("strategy", sorted(PLANS))
@@ -113,7 +116,8 @@ async def test_digits_job_over_rabbitmq(daemons, broker, tmp_path):
     assert submitted.returncode == 0, submitted.stderr
 
     store = Store.open(daemons.store)
-    progress = wait_until(
+    progress = await asyncio.to_thread(
+        wait_until,
         lambda: (p := read_progress(store, "digits")) and p["state"] == "finished" and p,
         timeout_s=300,
         what="the digits job to finish",
@@ -129,7 +133,7 @@ async def test_digits_job_over_rabbitmq(daemons, broker, tmp_path):
     assert all(np.isfinite(w).all() for w, _ in parameters)
 
 
-def test_bad_job_file_rejected_naming_field(daemons, tmp_path):
+async def test_bad_job_file_rejected_naming_field(daemons, tmp_path):
     bad = tmp_path / "bad.toml"
     text = (ROOT / "configs" / "digits.toml").read_text()
     bad.write_text(text.replace('activation = "relu"', 'activation = "relux"', 1))
@@ -140,12 +144,14 @@ def test_bad_job_file_rejected_naming_field(daemons, tmp_path):
     assert "model.layers[0].activation" in submitted.stderr
 
 
-def test_worker_exits_zero_on_sigterm(daemons):
+async def test_worker_exits_zero_on_sigterm(daemons):
     daemons.worker("a")
-    wait_until(lambda: "worker.started" in daemons.log("worker-a"), timeout_s=30, what="worker start",
-               details=lambda: daemons.log("worker-a"))
+    await asyncio.to_thread(
+        wait_until, lambda: "worker.started" in daemons.log("worker-a"), timeout_s=30,
+        what="worker start", details=lambda: daemons.log("worker-a"),
+    )
 
-    assert daemons.stop("worker-a") == 0
+    assert await asyncio.to_thread(daemons.stop, "worker-a") == 0
     assert "worker.stopped" in daemons.log("worker-a")
 
 
