@@ -9,6 +9,7 @@ ordering rule in one place.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
@@ -26,6 +27,9 @@ from mpnn_async.wire import BlockHeader, MessageKind
 __all__ = ["Admission", "GatherKey", "PartitionJob", "Send", "ComputeResult", "SCHEDULER"]
 
 log = logging.getLogger(__name__)
+
+# Completed inference gathers remembered for duplicate detection.
+_INFERENCE_WINDOW = 4096
 
 SCHEDULER = "scheduler"
 
@@ -112,6 +116,10 @@ class PartitionJob:
         self._accumulators = {layer: OrderedAccumulator() for layer in self.layers}
         self._attempts: dict[tuple[MessageKind, int, int], int] = {}
         self._seen: set[tuple[Any, ...]] = set()
+        # Inference gathers already computed, newest last. Serving never applies a
+        # step, so inference ids cannot live in `_seen` (cleared per step); this
+        # window of the latest keys catches redeliveries instead.
+        self._inference_done: collections.OrderedDict[GatherKey, None] = collections.OrderedDict()
         # Deliveries of gathers dropped as superseded; the worker acks them.
         self._orphans: list[Any] = []
         self.counters = {"duplicate": 0, "superseded": 0, "forward": 0, "backward": 0}
@@ -128,6 +136,8 @@ class PartitionJob:
         """Check a decoded block against the plan; raise RejectedBlock if it cannot fit."""
         self._check_fits_plan(header, array)
         if header.message_id() in self._seen:
+            return Admission.DUPLICATE
+        if header.kind is MessageKind.INFERENCE and self._gather_key(header) in self._inference_done:
             return Admission.DUPLICATE
         if header.step < self.step:
             return Admission.SUPERSEDED
@@ -188,8 +198,9 @@ class PartitionJob:
 
     def add(self, header: BlockHeader, array: np.ndarray, delivery: Any) -> GatherKey | None:
         """Add an admitted block; return its gather key when the gather is complete."""
-        self._seen.add(header.message_id())
-        key: GatherKey = (header.kind, header.step, header.micro_batch, header.layer)
+        if header.kind is not MessageKind.INFERENCE:
+            self._seen.add(header.message_id())
+        key = self._gather_key(header)
         gather = self._gather(key)
         if gather.rows is not None and gather.rows != array.shape[0]:
             raise RejectedBlock(
@@ -198,6 +209,10 @@ class PartitionJob:
             )
         gather.add(header.source, array, delivery)
         return key if gather.is_complete else None
+
+    @staticmethod
+    def _gather_key(header: BlockHeader) -> GatherKey:
+        return (header.kind, header.step, header.micro_batch, header.layer)
 
     def _gather(self, key: GatherKey) -> Gather:
         gather = self._gathers.get(key)
@@ -241,6 +256,10 @@ class PartitionJob:
         if kind is MessageKind.GRADIENT:
             self._backward(gather, step, micro_batch, layer, attempt, result)
         else:
+            if kind is MessageKind.INFERENCE:
+                self._inference_done[key] = None
+                while len(self._inference_done) > _INFERENCE_WINDOW:
+                    self._inference_done.popitem(last=False)
             self._forward(gather, kind, step, micro_batch, layer + 1, attempt, result)
         return result
 

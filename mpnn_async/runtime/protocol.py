@@ -27,6 +27,7 @@ __all__ = [
     "control",
     "parse_control",
     "partition_binding",
+    "inference_routing_key",
     "partition_routing_key",
     "progress_routing_key",
     "scheduler_routing_key",
@@ -69,7 +70,9 @@ class Rejection(enum.StrEnum):
     INVALID_CONTROL = "invalid_control"
 
 
-# Required payload fields of each control type and their Python types.
+# Required payload fields of each control type and their Python types. Optional
+# fields: `job.start` may name a `snapshot` (a string) to load instead of the
+# latest version, as serving does.
 _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
     ControlType.JOB_START: {
         "job": str,
@@ -106,6 +109,11 @@ def partition_binding(partition: str) -> str:
 
 def scheduler_routing_key(job: str) -> str:
     return f"{job}.sched"
+
+
+def inference_routing_key(model: str) -> str:
+    """Routing key of inference requests for a model (the server's durable queue binds it)."""
+    return f"infer.{model}"
 
 
 def progress_routing_key(job: str) -> str:
@@ -147,3 +155,5 @@ def _check_fields(kind: ControlType, payload: Mapping[str, Any]) -> None:
             )
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field {name!r} is negative")
+    if kind is ControlType.JOB_START and not isinstance(payload.get("snapshot", ""), str):
+        raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field 'snapshot' must be str")

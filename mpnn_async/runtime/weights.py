@@ -18,6 +18,7 @@ from mpnn_async.model.optim import OptimizerSpec
 from mpnn_async.model.reference import Parameters
 from mpnn_async.model.spec import NetworkSpec
 from mpnn_async.planning import Plan
+from mpnn_async.runtime import snapshots
 from mpnn_async.runtime.partition import PartitionJob
 from mpnn_async.store import ModelStore
 
@@ -184,12 +185,16 @@ def load_partition_job(
     partition: str,
     optimizer: Mapping[str, Any],
     expected_step: int,
+    snapshot: str = "",
 ) -> PartitionJob:
-    """Build a partition's job state from its latest stored version."""
+    """Build a partition's job state from its latest stored version, or from a snapshot."""
     plan = Plan.from_dict(model_store.load_plan(plan_id))
     if partition not in plan.partitions:
         raise ConfigError("partition", f"{partition!r} is not a partition of plan {plan_id}")
-    version = model_store.store.read(model_store.partition_key(partition))
+    if snapshot:
+        version = snapshots.read_snapshot_partition(model_store, snapshot, partition)
+    else:
+        version = model_store.store.read(model_store.partition_key(partition))
     if version.meta.get("plan_id") != plan_id:
         raise StoreError(
             f"partition {partition!r} of model {model_store.model!r} is stored under plan "

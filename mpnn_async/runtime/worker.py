@@ -309,6 +309,7 @@ class Worker:
             partition=partition,
             optimizer=payload["optimizer"],
             expected_step=payload["step"],
+            snapshot=payload.get("snapshot", ""),
         )
 
     async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:
