@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from mpnn_async.cli.exit_codes import ExitCode
-from mpnn_async.errors import InvalidInputError, StoreError, TransportError
+from mpnn_async.errors import InvalidInputError, MpnnError, StoreError, TransportError
 
 __all__ = ["main", "build_parser"]
 
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"mpnn {args.command}: store unusable: {error}", file=sys.stderr)
         return ExitCode.STORE_UNUSABLE
+    except MpnnError as error:
+        print(f"mpnn {args.command}: {error}", file=sys.stderr)
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
 

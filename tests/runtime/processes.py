@@ -45,7 +45,11 @@ class Daemons:
         queues = [f"part.{partition}" for partition in names]
         if "scheduler" in self.processes or "submit" in self.processes:
             queues.append("jobs")
+        queues += [f"infer.{name.removeprefix('serve-')}" for name in self.processes if name.startswith("serve-")]
         return queues
+
+    def serve(self, model: str, snapshot: str, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(f"serve-{model}", "serve", model, "--snapshot", snapshot, *extra)
 
     def worker(self, partition: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(f"worker-{partition}", "worker", "--partition", partition, *extra)
