@@ -290,6 +290,34 @@ class InferenceServer:
                 )
         await delivery.ack()
 
+    async def _reply_outputs(self, job: ServingJob, batch: list[_Request], outputs: np.ndarray) -> None:
+        """Reply to every request of a batch with its rows; the confirms are awaited together."""
+        header = BlockHeader(
+            kind=MessageKind.INFERENCE, job=job.name, step=job.step, micro_batch=0,
+            layer=job.plan.spec.depth, source="serve", destination="client",
+        )
+        replies = []
+        start = 0
+        for request in batch:
+            rows = request.inputs.shape[0]
+            delivery = request.delivery
+            if delivery.reply_to:
+                replies.append(
+                    Outgoing(
+                        delivery.reply_to,
+                        encode_block(header, outputs[start : start + rows]),
+                        headers={SNAPSHOT_HEADER: job.snapshot},
+                        persistent=False,
+                        # A client that went away must not fail the whole batch's replies.
+                        mandatory=False,
+                        correlation_id=delivery.correlation_id,
+                    )
+                )
+            start += rows
+        await self.transport.publish_many(replies)
+        for request in batch:
+            await request.delivery.ack()
+
     async def _reply_error(self, request: _Request, reason: str, detail: str) -> None:
         self.counters["errors"] += 1
         body = encode_control(ERROR_TYPE, {"reason": reason, "detail": detail})
@@ -334,16 +362,7 @@ class InferenceServer:
                     )
                 return
             self.counters["batches"] += 1
-            start = 0
-            for request in batch:
-                rows = request.inputs.shape[0]
-                header = BlockHeader(
-                    kind=MessageKind.INFERENCE, job=job.name, step=job.step, micro_batch=0,
-                    layer=job.plan.spec.depth, source="serve", destination="client",
-                )
-                body = encode_block(header, outputs[start : start + rows])
-                await self._reply(request, body, {SNAPSHOT_HEADER: job.snapshot})
-                start += rows
+            await self._reply_outputs(job, batch, outputs)
         finally:
             job.in_flight -= 1
 

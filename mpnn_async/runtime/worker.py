@@ -24,7 +24,7 @@ from mpnn_async.runtime.protocol import (
 )
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport.base import Delivery, Outgoing, Transport
-from mpnn_async.wire import BlockHeader, CodecError, decode_block, encode_block, is_data_frame
+from mpnn_async.wire import BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
 
 __all__ = ["Worker", "WorkerState"]
 
@@ -238,7 +238,10 @@ class Worker:
             routing_key = scheduler_routing_key(job.job)
         else:
             routing_key = partition_routing_key(job.job, send.destination)
-        return Outgoing(routing_key, encode_block(header, send.array))
+        # Losing an inference block loses no training work (the request times out and
+        # is retried by the client), so it skips the broker's disk write.
+        persistent = send.kind is not MessageKind.INFERENCE
+        return Outgoing(routing_key, encode_block(header, send.array), persistent=persistent)
 
     # -- control ---------------------------------------------------------------------------
 
