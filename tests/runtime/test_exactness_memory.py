@@ -132,3 +132,43 @@ async def test_in_flight_beyond_prefetch_fails_job(tmp_path, namespace):
     finally:
         await worker.stop(timeout_s=5)
         await transport.close()
+
+
+class DuplicatingTransport:
+    """Delivers every published message twice: at-least-once delivery at its worst."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def publish(self, message):
+        await self._inner.publish(message)
+        await self._inner.publish(message)
+
+    async def publish_many(self, messages):
+        messages = list(messages)
+        await self._inner.publish_many(messages + messages)
+
+
+async def test_duplicate_deliveries_change_nothing(tmp_path, namespace):
+    job = make_job("twice", PLANS["mixed"], in_flight=3)
+    dataset = synthetic_dataset()
+    store = Store.open(tmp_path, create=True)
+    inner = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
+    transport = DuplicatingTransport(inner)
+    worker = Worker(transport=transport, store=store, partitions=job.build_plan().partitions)
+    await worker.start()
+    try:
+        result = await JobRunner(job=job, transport=transport, store=store, dataset=dataset).run()
+    finally:
+        await worker.stop(timeout_s=5)
+        await inner.close()
+
+    reference = train_reference(job, dataset)
+    distributed = weights.load_parameters(ModelStore(store, "twice"), job.build_plan())
+    assert result.steps == 6
+    assert max_abs_difference(distributed, reference.parameters) <= 1e-10
+    assert worker.counters["duplicates"] > 0
+    assert worker.counters["dead_lettered"] == 0
