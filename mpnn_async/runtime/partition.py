@@ -97,8 +97,11 @@ class PartitionJob:
         step: int,
         version: int,
         model_name: str = "",
+        generation: int = 0,
     ) -> None:
         self.job = job
+        # Blocks with an attempt below the job's generation belong to a run rolled back.
+        self.generation = generation
         self.model_name = model_name
         self.plan = plan
         self.partition = partition
@@ -127,7 +130,8 @@ class PartitionJob:
     def __repr__(self) -> str:
         return (
             f"<PartitionJob {self.job}/{self.partition} layers={list(self.layers)} "
-            f"step={self.step} version={self.version} gathers={len(self._gathers)}>"
+            f"step={self.step} version={self.version} generation={self.generation} "
+            f"gathers={len(self._gathers)}>"
         )
 
     # -- admission -----------------------------------------------------------------------
@@ -147,7 +151,7 @@ class PartitionJob:
                 f"block of step {header.step} while the partition is at step {self.step}",
             )
         attempt_key = (self._phase(header.kind), header.step, header.micro_batch)
-        current = self._attempts.get(attempt_key, 0)
+        current = self._attempts.get(attempt_key, self.generation)
         if header.attempt < current:
             return Admission.SUPERSEDED
         if header.attempt > current:
@@ -252,7 +256,7 @@ class PartitionJob:
         gather = self._gathers.pop(key)
         result = ComputeResult(finished_deliveries=gather.deliveries)
         kind, step, micro_batch, layer = key
-        attempt = self._attempts.get((self._phase(kind), step, micro_batch), 0)
+        attempt = self._attempts.get((self._phase(kind), step, micro_batch), self.generation)
         if kind is MessageKind.GRADIENT:
             self._backward(gather, step, micro_batch, layer, attempt, result)
         else:

@@ -1,4 +1,7 @@
-"""Progress events of a job: logged, handed to a callback, and kept in the store for `mpnn status`."""
+"""Progress events of a job: logged, handed to a callback, and kept in the store for `mpnn status`.
+
+Every event but the final one is also appended to the job's history (`history.py`) for `mpnn plot`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import math
 import time
 from typing import Any
 
-from mpnn_async.store import ModelStore, Store
+from mpnn_async.errors import RetryableError
+from mpnn_async.runtime.history import append_history
+from mpnn_async.store import ModelStore, Store, StoreError
 
 __all__ = ["ProgressEvent", "ProgressRecorder", "read_progress", "progress_key"]
 
@@ -59,6 +64,12 @@ class ProgressRecorder:
         self._last_write = float("-inf")
         # Partition name -> id of the worker that reported it ready.
         self.workers: dict[str, str] = {}
+        # Events not yet appended to the job's history; flushed with each store write.
+        self._history_pending: list[ProgressEvent] = []
+        # Step of this run's first event, until an append has dropped the stored rows from it on.
+        self._history_drop_from_step: int | None = None
+        self._history_started = False
+        self._history_failures = 0
 
     def record(self, event: ProgressEvent) -> None:
         if event.accuracy is not None:
@@ -71,6 +82,11 @@ class ProgressRecorder:
                 "job.progress job=%s step=%d/%d loss=%.5f samples_per_s=%.0f",
                 event.job, event.step, event.total_steps, event.loss, event.samples_per_s,
             )
+        if event.state != "finished":
+            # The final event repeats the last evaluation, so the history leaves it out.
+            self._history_pending.append(event)
+            if not self._history_started and self._history_drop_from_step is None:
+                self._history_drop_from_step = event.step
         now = time.monotonic()
         is_routine = event.accuracy is None and event.state == "running"
         if is_routine and now - self._last_write < _MIN_WRITE_INTERVAL_S:
@@ -80,9 +96,28 @@ class ProgressRecorder:
         meta["model"] = self._model
         meta["workers"] = dict(self.workers)
         self._store.update(progress_key(self._job), lambda _previous: ({}, meta))
+        self._append_history()
         self._count += 1
         if self._count % _KEEP_VERSIONS == 0:
             self._store.prune(progress_key(self._job), keep=_KEEP_VERSIONS)
+
+    def _append_history(self) -> None:
+        events, self._history_pending = self._history_pending, []
+        if not events:
+            return
+        # The first append of this run drops the stored rows from its first step on,
+        # because they belong to an earlier run of this job name that it replaces or resumes.
+        try:
+            append_history(self._store, self._job, events, drop_from_step=self._history_drop_from_step)
+        except (StoreError, RetryableError) as error:
+            # The history only feeds the plot, so a failed append loses its rows, not the job.
+            self._history_failures += 1
+            level = logging.WARNING if self._history_failures % 100 == 1 else logging.DEBUG
+            log.log(level, "history.append_failed job=%s rows=%d failures=%d error=%s",
+                    self._job, len(events), self._history_failures, error)
+            return
+        self._history_started = True
+        self._history_drop_from_step = None
 
 
 def read_progress(store: Store, job: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from mpnn_async.wire import CodecError, RejectReason, decode_control, encode_control
 
 __all__ = [
+    "HEARTBEATS_ROUTING_KEY",
     "ControlType",
     "Rejection",
     "JOBS_ROUTING_KEY",
@@ -53,6 +54,8 @@ class ControlType(enum.StrEnum):
     JOB_END = "job.end"
     # partition -> scheduler: the partition cannot go on with this job.
     JOB_FAILED = "job.failed"
+    # worker -> anyone listening on `heartbeats`: this worker is alive and hosts these partitions.
+    HEARTBEAT = "worker.heartbeat"
 
 
 class Rejection(enum.StrEnum):
@@ -70,9 +73,12 @@ class Rejection(enum.StrEnum):
     INVALID_CONTROL = "invalid_control"
 
 
-# Required payload fields of each control type and their Python types. Optional
-# fields: `job.start` may name a `snapshot` (a string) to load instead of the
-# latest version, as serving does.
+# Required payload fields of each control type and their Python types.
+#
+# `generation` counts the (re)starts of a job: the scheduler raises it when it
+# rolls every partition back to the last checkpoint after a failure, and every
+# block of the job carries it as its `attempt`, so anything left over from an
+# earlier generation is recognised and dropped.
 _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
     ControlType.JOB_START: {
         "job": str,
@@ -83,7 +89,13 @@ _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
         # Micro-batches the scheduler keeps in flight; bounds the blocks a worker holds.
         "in_flight": int,
     },
-    ControlType.JOB_READY: {"job": str, "partition": str, "worker": str, "version": int},
+    ControlType.JOB_READY: {
+        "job": str,
+        "partition": str,
+        "worker": str,
+        "version": int,
+        "generation": int,
+    },
     ControlType.MICRO_BATCH_DONE: {
         "job": str,
         "partition": str,
@@ -92,11 +104,37 @@ _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
         "attempt": int,
     },
     # `persist`: commit the new weights to the store now (always true for a job's last step).
-    ControlType.STEP_APPLY: {"job": str, "step": int, "micro_batches": int, "persist": bool},
-    ControlType.STEP_DONE: {"job": str, "partition": str, "step": int, "version": int},
+    ControlType.STEP_APPLY: {
+        "job": str,
+        "step": int,
+        "micro_batches": int,
+        "persist": bool,
+        "generation": int,
+    },
+    ControlType.STEP_DONE: {
+        "job": str,
+        "partition": str,
+        "step": int,
+        "version": int,
+        "generation": int,
+    },
     ControlType.JOB_END: {"job": str},
     ControlType.JOB_FAILED: {"job": str, "partition": str, "error": str},
+    ControlType.HEARTBEAT: {"worker": str, "partitions": list, "interval_s": (int, float)},
 }
+
+# Optional payload fields and their types.
+_OPTIONAL_FIELDS: dict[ControlType, dict[str, type]] = {
+    ControlType.JOB_START: {
+        # Load this snapshot instead of the latest version (serving).
+        "snapshot": str,
+        "generation": int,
+        # Partition name -> store version to load (a checkpoint); absent means the latest.
+        "versions": dict,
+    },
+}
+
+HEARTBEATS_ROUTING_KEY = "heartbeats"
 
 
 def partition_routing_key(job: str, partition: str) -> str:
@@ -155,5 +193,10 @@ def _check_fields(kind: ControlType, payload: Mapping[str, Any]) -> None:
             )
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field {name!r} is negative")
-    if kind is ControlType.JOB_START and not isinstance(payload.get("snapshot", ""), str):
-        raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field 'snapshot' must be str")
+    for name, expected_type in _OPTIONAL_FIELDS.get(kind, {}).items():
+        if name in payload and (
+            isinstance(payload[name], bool) or not isinstance(payload[name], expected_type)
+        ):
+            raise CodecError(
+                RejectReason.INVALID_FIELD, f"{kind}: field {name!r} must be {expected_type.__name__}"
+            )

@@ -4,8 +4,15 @@ For each step it feeds micro-batches into the owners of layer 1, keeping up
 to `in_flight` of them in the pipeline. It assembles the last layer's slices,
 computes the loss, and sends each owner of the last layer the gradient of its
 columns. When every micro-batch of the step has finished its backward pass,
-it commands the optimizer step and waits until every partition has persisted
-its new version. Evaluation runs forward-only `inference` blocks.
+it commands the optimizer step and waits until every partition has applied
+it. Evaluation runs forward-only `inference` blocks.
+
+Failures are handled by rolling back: when a wait times out or a partition's
+workers stop sending heartbeats, the scheduler waits until every partition
+has a live worker again, makes all of them reload the last checkpoint (a step
+that every partition persisted) under a new generation, and replays the data
+from there. Steps are deterministic, so the final weights equal those of a
+run that never failed.
 """
 
 from __future__ import annotations
@@ -21,43 +28,22 @@ import numpy as np
 
 from mpnn_async.data import Dataset, DatasetSpec, load_dataset
 from mpnn_async.data.batching import epoch_batches, split_micro_batches
-from mpnn_async.errors import ConfigError, FatalError, MpnnError
+from mpnn_async.errors import ConfigError
 from mpnn_async.model.losses import Loss, loss_and_gradient
 from mpnn_async.planning import Plan
 from mpnn_async.runtime import weights
-from mpnn_async.runtime.gather import Gather
+from mpnn_async.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_job_document
 from mpnn_async.runtime.job import JobSpec
+from mpnn_async.runtime.pipeline import JobChannel, JobFailedError, RecoveryNeeded
 from mpnn_async.runtime.progress import ProgressEvent, ProgressRecorder
-from mpnn_async.runtime.protocol import (
-    ControlType,
-    control,
-    parse_control,
-    partition_binding,
-    partition_routing_key,
-    progress_routing_key,
-    scheduler_routing_key,
-)
+from mpnn_async.runtime.protocol import ControlType, progress_routing_key
 from mpnn_async.store import ModelStore, Store
-from mpnn_async.transport.base import Delivery, Outgoing, Transport
-from mpnn_async.wire import (
-    BlockHeader,
-    CodecError,
-    MessageKind,
-    decode_block,
-    encode_block,
-    encode_control,
-    is_data_frame,
-)
+from mpnn_async.transport.base import Outgoing, Transport
+from mpnn_async.wire import MessageKind, encode_control
 
 __all__ = ["JobFailedError", "JobResult", "JobRunner"]
 
 log = logging.getLogger(__name__)
-
-SCHEDULER = "scheduler"
-
-
-class JobFailedError(FatalError):
-    """A partition reported that it cannot go on, or the job timed out waiting for one."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +58,7 @@ class JobResult:
     wall_time_s: float
     samples_per_s: float
     store_path: str
+    recoveries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +76,9 @@ class JobRunner:
         dataset: Dataset | None = None,
         ready_timeout_s: float = 120.0,
         step_timeout_s: float = 600.0,
+        heartbeat_timeout_s: float = 5.0,
+        max_recoveries: int = 10,
+        resume: bool = False,
         max_message_bytes: int = 128 * 1024 * 1024,
         on_progress: Callable[[ProgressEvent], None] | None = None,
     ) -> None:
@@ -101,20 +91,29 @@ class JobRunner:
         self.dataset = dataset
         self.ready_timeout_s = ready_timeout_s
         self.step_timeout_s = step_timeout_s
-        self.max_message_bytes = max_message_bytes
+        self.max_recoveries = max_recoveries
+        self.resume = resume
         self.progress = ProgressRecorder(self.model_store, job.name)
-        self._on_progress = on_progress
+        self.channel = JobChannel(
+            job=job.name,
+            plan=self.plan,
+            transport=transport,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            max_message_bytes=max_message_bytes,
+        )
         self.steps_done = 0
+        self.recoveries = 0
+        self.checkpoint: Checkpoint | None = None
+        self._on_progress = on_progress
         self._samples = 0
-        self._failure: asyncio.Future[None] | None = None
-        self._waiters: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
-        self._outputs: dict[tuple[MessageKind, int, int], Gather] = {}
-        self._reported: dict[tuple[Any, ...], set[str]] = {}
-        self._consumer_tag: str | None = None
-        self._queue: str | None = None
+        self._losses: dict[int, float] = {}
+        self._evaluation: tuple[float, float | None] = (float("nan"), None)
 
     def __repr__(self) -> str:
-        return f"<JobRunner {self.job.name} plan={self.plan.plan_id} steps_done={self.steps_done}>"
+        return (
+            f"<JobRunner {self.job.name} plan={self.plan.plan_id} steps_done={self.steps_done} "
+            f"generation={self.channel.generation} recoveries={self.recoveries}>"
+        )
 
     @property
     def name(self) -> str:
@@ -123,36 +122,49 @@ class JobRunner:
     async def run(self) -> JobResult:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._failure = loop.create_future()
         if self.dataset is None:
             spec = DatasetSpec.from_dict(self.job.dataset)
-            self.dataset = await loop.run_in_executor(
-                None, lambda: load_dataset(spec, dtype=self.spec.np_dtype)
-            )
+            self.dataset = await loop.run_in_executor(None, lambda: load_dataset(spec, dtype=self.spec.np_dtype))
         self._check_dataset(self.dataset)
-        start_step = await loop.run_in_executor(
-            None, weights.prepare_partitions, self.model_store, self.plan
-        )
+        self.checkpoint = await loop.run_in_executor(None, self._first_checkpoint)
+        self.channel.generation = self.checkpoint.generation
         log.info(
-            "job.started job=%s plan=%s partitions=%s start_step=%d",
-            self.name,
-            self.plan.plan_id,
-            ",".join(self.plan.partitions),
-            start_step,
+            "job.started job=%s plan=%s partitions=%s step=%d generation=%d resume=%s",
+            self.name, self.plan.plan_id, ",".join(self.plan.partitions),
+            self.checkpoint.step, self.checkpoint.generation, self.resume,
         )
-        await self._open_queues()
+        await self.channel.open()
         try:
-            await self._start_partitions(start_step)
-            result = await self._train(self.dataset, start_step, started)
+            await self._load_checkpoint_on_partitions(self.checkpoint)
+            await self._train_with_recovery()
+            result = await self._finish(started)
         except BaseException:
             # Let the workers free the failed job's state; the original error matters more.
             with contextlib.suppress(Exception):
-                await self._publish_to_partitions(ControlType.JOB_END, job=self.name)
+                await self.channel.publish_to_partitions(ControlType.JOB_END, job=self.name)
             raise
         finally:
-            await self._close_queues()
+            await self.channel.close()
         log.info("job.finished job=%s result=%s", self.name, result.to_dict())
         return result
+
+    def _first_checkpoint(self) -> Checkpoint:
+        """Return the checkpoint to start from: the stored one when resuming, else a new one."""
+        stored = load_checkpoint(self.store, self.name)
+        if self.resume and stored is not None and not stored.finished:
+            log.info("job.resuming job=%s step=%d epoch=%d batch=%d", self.name, stored.step, stored.epoch, stored.batch)
+            self.steps_done = stored.steps_done
+            return dataclasses.replace(stored, generation=stored.generation + 1)
+        generation = stored.generation + 1 if stored is not None else 0
+        step = weights.prepare_partitions(self.model_store, self.plan)
+        versions = {
+            partition: self.store.latest_version(self.model_store.partition_key(partition)) or 0
+            for partition in self.plan.partitions
+        }
+        checkpoint = Checkpoint(step=step, epoch=0, batch=0, steps_done=0, versions=versions, generation=generation)
+        save_job_document(self.store, self.name, self.job.to_dict())
+        save_checkpoint(self.store, self.name, checkpoint)
+        return checkpoint
 
     def _check_dataset(self, dataset: Dataset) -> None:
         if dataset.features != self.spec.input_width:
@@ -169,141 +181,251 @@ class JobRunner:
                 fix=f"make the last layer {dataset.classes} wide",
             )
 
-    # -- queues ----------------------------------------------------------------------------
-
-    async def _open_queues(self) -> None:
-        # Declaring the partition queues here too lets blocks wait for workers that start later.
-        for partition in self.plan.partitions:
-            await self.transport.declare_queue(
-                f"part.{partition}", [partition_binding(partition)], durable=True
-            )
-        self._queue = await self.transport.declare_queue(
-            f"sched.{self.name}", [scheduler_routing_key(self.name)], durable=True
+    async def _load_checkpoint_on_partitions(self, checkpoint: Checkpoint) -> None:
+        await self.channel.start_partitions(
+            step=checkpoint.step,
+            versions=checkpoint.versions,
+            in_flight=self.job.training.in_flight,
+            optimizer=self.job.optimizer.to_dict(),
+            model=self.model_store.model,
+            timeout_s=self.ready_timeout_s,
         )
-        self._consumer_tag = await self.transport.consume(self._queue, self._on_message, prefetch=512)
+        log.info("job.partitions_ready job=%s generation=%d", self.name, self.channel.generation)
 
-    async def _close_queues(self) -> None:
-        if self._consumer_tag is not None:
-            await self.transport.cancel(self._consumer_tag)
-            self._consumer_tag = None
-        if self._queue is not None:
-            await self.transport.delete_queue(self._queue)
-            self._queue = None
+    # -- recovery --------------------------------------------------------------------------
 
-    async def _publish_to_partitions(self, kind: ControlType, **payload: Any) -> None:
-        body = control(kind, **payload)
-        await self.transport.publish_many(
-            Outgoing(partition_routing_key(self.name, partition), body)
-            for partition in self.plan.partitions
+    async def _train_with_recovery(self) -> None:
+        assert self.checkpoint is not None
+        while True:
+            try:
+                await self._train_from(self.checkpoint)
+                return
+            except RecoveryNeeded as problem:
+                await self._recover(str(problem))
+
+    async def _recover(self, problem: str) -> None:
+        """Roll every partition back to the last checkpoint under a new generation."""
+        assert self.checkpoint is not None
+        self.recoveries += 1
+        if self.recoveries > self.max_recoveries:
+            raise JobFailedError(f"job {self.name}: gave up after {self.max_recoveries} recoveries; last problem: {problem}")
+        self.channel.forget_generation()
+        self.channel.generation += 1
+        log.warning(
+            "job.recovering job=%s problem=%s generation=%d checkpoint_step=%d",
+            self.name, problem, self.channel.generation, self.checkpoint.step,
         )
+        await self.channel.wait_for_live_workers(self.ready_timeout_s)
+        await self._load_checkpoint_on_partitions(self.checkpoint)
+        self.steps_done = self.checkpoint.steps_done
 
-    # -- message handling --------------------------------------------------------------------
+    # -- training --------------------------------------------------------------------------
 
-    async def _on_message(self, delivery: Delivery) -> None:
-        try:
-            if is_data_frame(delivery.body):
-                self._on_block(delivery.body)
-            else:
-                kind, payload = parse_control(delivery.body, max_size_bytes=self.max_message_bytes)
-                self._on_control(kind, payload)
-        except (CodecError, _UnexpectedOutput) as error:
-            reason = str(getattr(error, "reason", "unexpected_block"))
-            log.warning("message.rejected job=%s reason=%s detail=%s", self.name, reason, error)
-            await delivery.reject(reason, str(error))
-            return
-        await delivery.ack()
-
-    def _on_block(self, body: bytes) -> None:
-        block = decode_block(body, max_size_bytes=self.max_message_bytes)
-        header, array = block.header, block.array
-        depth = self.spec.depth
-        if header.job != self.name or header.destination != SCHEDULER:
-            raise _UnexpectedOutput(f"block for {header.job}/{header.destination} reached the scheduler")
-        if header.kind is MessageKind.GRADIENT or header.layer != depth:
-            raise _UnexpectedOutput(f"the scheduler only takes layer-{depth} activations")
-        if header.source not in self.plan.owners(depth):
-            raise _UnexpectedOutput(f"{header.source!r} owns no neuron of layer {depth}")
-        columns = len(self.plan.neurons(header.source, depth))
-        if array.ndim != 2 or array.shape[1] != columns or array.dtype != self.spec.np_dtype:
-            raise _UnexpectedOutput(f"output block of shape {array.shape}, expected (rows, {columns})")
-        key = (header.kind, header.step, header.micro_batch)
-        gather = self._outputs.get(key)
-        if gather is None:
-            # Late blocks of a finished micro-batch (redeliveries) are dropped here.
-            return
-        if header.source in gather.blocks:
-            return
-        gather.add(header.source, array)
-        if gather.is_complete:
-            self._resolve(("output",) + key, gather)
-
-    def _on_control(self, kind: ControlType, payload: dict[str, Any]) -> None:
-        if payload["job"] != self.name:
-            raise _UnexpectedOutput(f"control message of job {payload['job']!r}")
-        partition = payload.get("partition", "")
-        if kind is ControlType.JOB_READY:
-            self.progress.workers[partition] = payload["worker"]
-            self._report(("ready",), partition, set(self.plan.partitions), payload)
-        elif kind is ControlType.MICRO_BATCH_DONE:
-            key = ("mb_done", payload["step"], payload["micro_batch"])
-            self._report(key, partition, set(self.plan.owners(1)), payload)
-        elif kind is ControlType.STEP_DONE:
-            self._report(("step_done", payload["step"]), partition, set(self.plan.partitions), payload)
-        elif kind is ControlType.JOB_FAILED:
-            log.error("job.partition_failed job=%s partition=%s error=%s", self.name, partition, payload["error"])
-            if self._failure is not None and not self._failure.done():
-                self._failure.set_exception(
-                    JobFailedError(f"partition {partition!r} failed: {payload['error']}")
+    async def _train_from(self, checkpoint: Checkpoint) -> None:
+        assert self.dataset is not None
+        training = self.job.training
+        step = checkpoint.step
+        for epoch in range(checkpoint.epoch, training.epochs):
+            first_batch = checkpoint.batch if epoch == checkpoint.epoch else 0
+            step, epoch_steps = await self._run_epoch(epoch, first_batch, step)
+            test_loss, accuracy = await self._evaluate(step)
+            self._evaluation = (test_loss, accuracy)
+            await self._publish_progress(
+                ProgressEvent(
+                    job=self.name,
+                    epoch=epoch,
+                    step=step,
+                    loss=self._mean_loss(epoch_steps),
+                    test_loss=test_loss,
+                    accuracy=accuracy,
+                    total_steps=self._total_steps(),
                 )
-        else:
-            raise _UnexpectedOutput(f"{kind} is not sent to the scheduler")
+            )
+            self._last_epoch_steps = epoch_steps
+            if self._reached_max_steps():
+                return
 
-    def _report(self, key: tuple[Any, ...], partition: str, expected: set[str], payload: Any) -> None:
-        reported = self._reported.setdefault(key, set())
-        if partition not in expected:
-            raise _UnexpectedOutput(f"{partition!r} is not expected to report {key[0]}")
-        reported.add(partition)
-        if reported >= expected:
-            self._resolve(key, payload)
+    async def _run_epoch(self, epoch: int, first_batch: int, step: int) -> tuple[int, list[int]]:
+        """Run the batches of one epoch from `first_batch`; return the next step and the steps run."""
+        assert self.dataset is not None
+        training = self.job.training
+        batches = epoch_batches(self.dataset.x_train.shape[0], training.batch_rows, seed=training.seed, epoch=epoch)
+        first_step = step - first_batch
+        for batch_index in range(first_batch, len(batches)):
+            if self._reached_max_steps():
+                break
+            indices = batches[batch_index]
+            step_started = time.monotonic()
+            is_last = self.steps_done + 1 == training.max_steps or (
+                epoch == training.epochs - 1 and batch_index == len(batches) - 1
+            )
+            persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
+            loss, versions = await self._run_step(
+                step, self.dataset.x_train[indices], self.dataset.y_train[indices], persist=persist
+            )
+            step += 1
+            self.steps_done += 1
+            self._samples += len(indices)
+            self._losses[step] = loss
+            if persist:
+                await self._save_checkpoint(
+                    Checkpoint(
+                        step=step,
+                        epoch=epoch,
+                        batch=batch_index + 1,
+                        steps_done=self.steps_done,
+                        versions=versions,
+                        generation=self.channel.generation,
+                    )
+                )
+            elapsed_s = time.monotonic() - step_started
+            await self._publish_progress(
+                ProgressEvent(
+                    job=self.name,
+                    epoch=epoch,
+                    step=step,
+                    loss=loss,
+                    samples_per_s=len(indices) / elapsed_s if elapsed_s > 0 else 0.0,
+                    total_steps=self._total_steps(),
+                )
+            )
+        return step, list(range(first_step + 1, step + 1))
 
-    def _future(self, key: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future = self._waiters.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiters[key] = future
-        return future
+    async def _run_step(
+        self, step: int, inputs: np.ndarray, labels: np.ndarray, *, persist: bool
+    ) -> tuple[float, dict[str, int]]:
+        """Run one synchronous step; return its loss and each partition's store version after it."""
+        rows = inputs.shape[0]
+        slices = split_micro_batches(rows, self.job.training.micro_batch_rows)
+        window = asyncio.Semaphore(self.job.training.in_flight)
+        channel = self.channel
+        generation = channel.generation
 
-    def _resolve(self, key: tuple[Any, ...], value: Any) -> None:
-        future = self._future(key)
-        if not future.done():
-            future.set_result(value)
+        async def run_micro_batch(micro_batch: int, part: slice) -> float:
+            async with window:
+                outputs = await channel.forward(
+                    MessageKind.ACTIVATION, step, micro_batch, inputs[part], timeout_s=self.step_timeout_s
+                )
+                loss, gradient = loss_and_gradient(
+                    self.spec.loss, outputs, self._targets(labels[part]), batch_rows=rows
+                )
+                await channel.send_output_gradient(step, micro_batch, gradient)
+                await channel.wait(
+                    ("mb_done", generation, step, micro_batch),
+                    self.step_timeout_s,
+                    f"the backward pass of step {step} micro-batch {micro_batch}",
+                )
+                return loss
 
-    async def _wait(self, key: tuple[Any, ...], timeout_s: float, what: str) -> Any:
-        future = self._future(key)
-        assert self._failure is not None
-        done, _ = await asyncio.wait(
-            {future, self._failure}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        tasks = [asyncio.ensure_future(run_micro_batch(index, part)) for index, part in enumerate(slices)]
+        try:
+            losses = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        await channel.publish_to_partitions(
+            ControlType.STEP_APPLY,
+            job=self.name,
+            step=step,
+            micro_batches=len(slices),
+            persist=persist,
+            generation=generation,
         )
-        if self._failure in done:
-            self._failure.result()
-        if future not in done:
-            missing = self._missing(key)
-            raise JobFailedError(f"job {self.name}: timed out after {timeout_s:.0f} s waiting for {what}{missing}")
-        self._waiters.pop(key, None)
-        self._reported.pop(key, None)
-        return future.result()
+        reports = await channel.wait(("step_done", generation, step), self.step_timeout_s, f"step {step} to be applied")
+        versions = {partition: int(report["version"]) for partition, report in reports.items()}
+        return float(sum(losses)), versions
 
-    def _missing(self, key: tuple[Any, ...]) -> str:
-        reported = self._reported.get(key)
-        if key[0] == "ready":
-            missing = sorted(set(self.plan.partitions) - (reported or set()))
-            return f" (no reply from partitions {missing}; is a worker running for each?)"
-        return ""
+    async def _save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        await asyncio.get_running_loop().run_in_executor(None, save_checkpoint, self.store, self.name, checkpoint)
 
-    # -- the job ---------------------------------------------------------------------------
+    def _targets(self, labels: np.ndarray) -> np.ndarray:
+        if self.spec.loss is Loss.SOFTMAX_CROSS_ENTROPY:
+            return labels
+        outputs = self.spec.width(self.spec.depth)
+        targets: np.ndarray = np.eye(outputs, dtype=self.spec.np_dtype)[labels]
+        return targets
+
+    async def _evaluate(self, step: int) -> tuple[float, float | None]:
+        """Run the test split forward through the workers; return (loss, accuracy)."""
+        assert self.dataset is not None
+        x_test, y_test = self.dataset.x_test, self.dataset.y_test
+        if x_test.shape[0] == 0:
+            return float("nan"), None
+        rows = max(self.job.training.batch_rows, 256)
+        window = asyncio.Semaphore(self.job.training.in_flight)
+
+        async def run_block(index: int, start: int) -> np.ndarray:
+            async with window:
+                return await self.channel.forward(
+                    MessageKind.INFERENCE, step, index, x_test[start : start + rows], timeout_s=self.step_timeout_s
+                )
+
+        outputs = np.concatenate(
+            await asyncio.gather(*(run_block(i, start) for i, start in enumerate(range(0, x_test.shape[0], rows))))
+        )
+        loss, _ = loss_and_gradient(self.spec.loss, outputs, self._targets(y_test))
+        accuracy = float(np.mean(outputs.argmax(axis=1) == y_test))
+        log.info("job.evaluated job=%s step=%d test_loss=%.4f accuracy=%.4f", self.name, step, loss, accuracy)
+        return loss, accuracy
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _reached_max_steps(self) -> bool:
+        max_steps = self.job.training.max_steps
+        return bool(max_steps) and self.steps_done >= max_steps
+
+    def _mean_loss(self, steps: list[int]) -> float:
+        known = [self._losses[step] for step in steps if step in self._losses]
+        return float(np.mean(known)) if known else float("nan")
+
+    def _total_steps(self) -> int:
+        assert self.dataset is not None
+        training = self.job.training
+        per_epoch = -(-int(self.dataset.x_train.shape[0]) // training.batch_rows)
+        total = per_epoch * training.epochs
+        return min(total, training.max_steps) if training.max_steps else total
+
+    async def _finish(self, started: float) -> JobResult:
+        assert self.checkpoint is not None
+        test_loss, accuracy = self._evaluation
+        train_loss = self._mean_loss(getattr(self, "_last_epoch_steps", []))
+        step = self.checkpoint.step
+        await self._save_checkpoint(dataclasses.replace(self.checkpoint, finished=True))
+        self.progress.workers = dict(self.channel.workers)
+        await self._publish_progress(
+            ProgressEvent(
+                job=self.name,
+                epoch=self.checkpoint.epoch,
+                step=step,
+                loss=train_loss,
+                test_loss=test_loss,
+                accuracy=accuracy,
+                total_steps=self._total_steps(),
+                state="finished",
+            )
+        )
+        await self.channel.publish_to_partitions(ControlType.JOB_END, job=self.name)
+        wall_time_s = time.monotonic() - started
+        return JobResult(
+            job=self.name,
+            model=self.model_store.model,
+            plan_id=self.plan.plan_id,
+            steps=self.steps_done,
+            train_loss=train_loss,
+            test_accuracy=accuracy,
+            test_loss=test_loss,
+            wall_time_s=wall_time_s,
+            samples_per_s=self._samples / wall_time_s if wall_time_s > 0 else 0.0,
+            store_path=str(self.store.root),
+            recoveries=self.recoveries,
+        )
 
     async def _publish_progress(self, event: ProgressEvent) -> None:
         """Record an event in the store, publish it on `<job>.progress`, hand it to the callback."""
+        self.progress.workers = dict(self.channel.workers)
         # The store write fsyncs, so it runs off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.progress.record, event)
         # Not mandatory and not persistent, because no consumer is required for progress.
@@ -317,229 +439,3 @@ class JobRunner:
         )
         if self._on_progress is not None:
             self._on_progress(event)
-
-    async def _start_partitions(self, start_step: int) -> None:
-        await self._publish_to_partitions(
-            ControlType.JOB_START,
-            job=self.name,
-            plan_id=self.plan.plan_id,
-            model=self.model_store.model,
-            optimizer=self.job.optimizer.to_dict(),
-            step=start_step,
-            in_flight=self.job.training.in_flight,
-        )
-        await self._wait(("ready",), self.ready_timeout_s, "every partition to load its weights")
-        log.info("job.partitions_ready job=%s", self.name)
-
-    async def _train(self, dataset: Dataset, start_step: int, started: float) -> JobResult:
-        training = self.job.training
-        step = start_step
-        epoch_losses: list[float] = []
-        accuracy: float | None = None
-        test_loss = float("nan")
-        epoch = 0
-        for epoch in range(training.epochs):
-            step, epoch_losses = await self._run_epoch(dataset, epoch, step)
-            test_loss, accuracy = await self._evaluate(step, dataset)
-            await self._publish_progress(
-                ProgressEvent(
-                    job=self.name,
-                    epoch=epoch,
-                    step=step,
-                    loss=float(np.mean(epoch_losses)),
-                    test_loss=test_loss,
-                    accuracy=accuracy,
-                    total_steps=self._total_steps(dataset),
-                )
-            )
-            if self._reached_max_steps():
-                break
-
-        train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
-        await self._publish_progress(
-            ProgressEvent(
-                job=self.name,
-                epoch=epoch,
-                step=step,
-                loss=train_loss,
-                test_loss=test_loss,
-                accuracy=accuracy,
-                total_steps=self._total_steps(dataset),
-                state="finished",
-            )
-        )
-        await self._publish_to_partitions(ControlType.JOB_END, job=self.name)
-        wall_time_s = time.monotonic() - started
-        return JobResult(
-            job=self.name,
-            model=self.model_store.model,
-            plan_id=self.plan.plan_id,
-            steps=self.steps_done,
-            train_loss=train_loss,
-            test_accuracy=accuracy,
-            test_loss=test_loss,
-            wall_time_s=wall_time_s,
-            samples_per_s=self._samples / wall_time_s if wall_time_s > 0 else 0.0,
-            store_path=str(self.store.root),
-        )
-
-    def _reached_max_steps(self) -> bool:
-        max_steps = self.job.training.max_steps
-        return bool(max_steps) and self.steps_done >= max_steps
-
-    async def _run_epoch(self, dataset: Dataset, epoch: int, step: int) -> tuple[int, list[float]]:
-        """Run the steps of one epoch from `step`; return the next step and each step's loss."""
-        training = self.job.training
-        losses: list[float] = []
-        batches = epoch_batches(
-            dataset.x_train.shape[0], training.batch_rows, seed=training.seed, epoch=epoch
-        )
-        for batch_index, indices in enumerate(batches):
-            step_started = time.monotonic()
-            is_last = (self.steps_done + 1 == training.max_steps) or (
-                epoch == training.epochs - 1 and batch_index == len(batches) - 1
-            )
-            persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
-            loss = await self._run_step(
-                step, dataset.x_train[indices], dataset.y_train[indices], persist=persist
-            )
-            step += 1
-            self.steps_done += 1
-            self._samples += len(indices)
-            losses.append(loss)
-            elapsed_s = time.monotonic() - step_started
-            await self._publish_progress(
-                ProgressEvent(
-                    job=self.name,
-                    epoch=epoch,
-                    step=step,
-                    loss=loss,
-                    samples_per_s=len(indices) / elapsed_s if elapsed_s > 0 else 0.0,
-                    total_steps=self._total_steps(dataset),
-                )
-            )
-            if self._reached_max_steps():
-                break
-        return step, losses
-
-    def _total_steps(self, dataset: Dataset) -> int:
-        training = self.job.training
-        per_epoch = -(-int(dataset.x_train.shape[0]) // training.batch_rows)
-        total = per_epoch * training.epochs
-        return min(total, training.max_steps) if training.max_steps else total
-
-    async def _run_step(
-        self, step: int, inputs: np.ndarray, labels: np.ndarray, *, persist: bool
-    ) -> float:
-        rows = inputs.shape[0]
-        slices = split_micro_batches(rows, self.job.training.micro_batch_rows)
-        window = asyncio.Semaphore(self.job.training.in_flight)
-
-        async def run_micro_batch(micro_batch: int, part: slice) -> float:
-            async with window:
-                outputs = await self._forward(MessageKind.ACTIVATION, step, micro_batch, inputs[part])
-                loss, gradient = loss_and_gradient(
-                    self.spec.loss, outputs, self._targets(labels[part]), batch_rows=rows
-                )
-                await self._send_output_gradient(step, micro_batch, gradient)
-                await self._wait(
-                    ("mb_done", step, micro_batch),
-                    self.step_timeout_s,
-                    f"the backward pass of step {step} micro-batch {micro_batch}",
-                )
-                return loss
-
-        losses = await asyncio.gather(
-            *(run_micro_batch(index, part) for index, part in enumerate(slices))
-        )
-        await self._publish_to_partitions(
-            ControlType.STEP_APPLY,
-            job=self.name,
-            step=step,
-            micro_batches=len(slices),
-            persist=persist,
-        )
-        await self._wait(("step_done", step), self.step_timeout_s, f"step {step} to be applied")
-        return float(sum(losses))
-
-    def _targets(self, labels: np.ndarray) -> np.ndarray:
-        if self.spec.loss is Loss.SOFTMAX_CROSS_ENTROPY:
-            return labels
-        outputs = self.spec.width(self.spec.depth)
-        targets: np.ndarray = np.eye(outputs, dtype=self.spec.np_dtype)[labels]
-        return targets
-
-    async def _forward(
-        self, kind: MessageKind, step: int, micro_batch: int, inputs: np.ndarray
-    ) -> np.ndarray:
-        """Send one input block through the network and return the assembled output."""
-        depth = self.spec.depth
-        key = (kind, step, micro_batch)
-        self._outputs[key] = Gather(expected=tuple(self.plan.owners(depth)))
-        inputs = np.ascontiguousarray(inputs, dtype=self.spec.np_dtype)
-        await self.transport.publish_many(
-            self._block(kind, step, micro_batch, 0, owner, inputs) for owner in self.plan.owners(1)
-        )
-        gather = await self._wait(
-            ("output",) + key, self.step_timeout_s, f"the output of step {step} micro-batch {micro_batch}"
-        )
-        del self._outputs[key]
-        outputs = np.empty((inputs.shape[0], self.spec.width(depth)), dtype=self.spec.np_dtype)
-        for owner, block in gather.blocks.items():
-            outputs[:, self.plan.neurons(owner, depth)] = block
-        return outputs
-
-    async def _send_output_gradient(self, step: int, micro_batch: int, gradient: np.ndarray) -> None:
-        depth = self.spec.depth
-        await self.transport.publish_many(
-            self._block(
-                MessageKind.GRADIENT,
-                step,
-                micro_batch,
-                depth,
-                owner,
-                np.ascontiguousarray(gradient[:, self.plan.neurons(owner, depth)]),
-            )
-            for owner in self.plan.owners(depth)
-        )
-
-    def _block(
-        self, kind: MessageKind, step: int, micro_batch: int, layer: int, destination: str, array: np.ndarray
-    ) -> Outgoing:
-        header = BlockHeader(
-            kind=kind,
-            job=self.name,
-            step=step,
-            micro_batch=micro_batch,
-            layer=layer,
-            source=SCHEDULER,
-            destination=destination,
-            attempt=0,
-        )
-        return Outgoing(partition_routing_key(self.name, destination), encode_block(header, array))
-
-    async def _evaluate(self, step: int, dataset: Dataset) -> tuple[float, float | None]:
-        """Run the test split forward through the workers; return (loss, accuracy)."""
-        x_test, y_test = dataset.x_test, dataset.y_test
-        if x_test.shape[0] == 0:
-            return float("nan"), None
-        rows = max(self.job.training.batch_rows, 256)
-        window = asyncio.Semaphore(self.job.training.in_flight)
-
-        async def run_block(index: int, start: int) -> np.ndarray:
-            async with window:
-                return await self._forward(MessageKind.INFERENCE, step, index, x_test[start : start + rows])
-
-        outputs = np.concatenate(
-            await asyncio.gather(
-                *(run_block(i, start) for i, start in enumerate(range(0, x_test.shape[0], rows)))
-            )
-        )
-        loss, _ = loss_and_gradient(self.spec.loss, outputs, self._targets(y_test))
-        accuracy = float(np.mean(outputs.argmax(axis=1) == y_test))
-        log.info("job.evaluated job=%s step=%d test_loss=%.4f accuracy=%.4f", self.name, step, loss, accuracy)
-        return loss, accuracy
-
-
-class _UnexpectedOutput(MpnnError):
-    reason = "unexpected_block"

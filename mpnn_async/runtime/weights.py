@@ -186,15 +186,24 @@ def load_partition_job(
     optimizer: Mapping[str, Any],
     expected_step: int,
     snapshot: str = "",
+    version_number: int | None = None,
+    generation: int = 0,
 ) -> PartitionJob:
-    """Build a partition's job state from its latest stored version, or from a snapshot."""
+    """Build a partition's job state from a stored version (the latest unless given) or a snapshot.
+
+    Loading an older version (a checkpoint, after a failure) keeps fencing on
+    the latest one, so the partition's next commit becomes the newest version
+    and versions keep growing.
+    """
     plan = Plan.from_dict(model_store.load_plan(plan_id))
     if partition not in plan.partitions:
         raise ConfigError("partition", f"{partition!r} is not a partition of plan {plan_id}")
+    key = model_store.partition_key(partition)
+    latest = model_store.store.latest_version(key)
     if snapshot:
         version = snapshots.read_snapshot_partition(model_store, snapshot, partition)
     else:
-        version = model_store.store.read(model_store.partition_key(partition))
+        version = model_store.store.read(key, version=version_number)
     if version.meta.get("plan_id") != plan_id:
         raise StoreError(
             f"partition {partition!r} of model {model_store.model!r} is stored under plan "
@@ -223,8 +232,9 @@ def load_partition_job(
         parameters=parameters,
         optimizer_state=state,
         step=step,
-        version=version.number,
+        version=latest if latest is not None and not snapshot else version.number,
         model_name=model_store.model,
+        generation=generation,
     )
 
 

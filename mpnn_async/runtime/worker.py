@@ -8,12 +8,13 @@ import enum
 import logging
 import os
 import socket
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from mpnn_async.errors import MpnnError
+from mpnn_async.errors import MpnnError, TransportError
 from mpnn_async.runtime import weights
 from mpnn_async.runtime.partition import Admission, ComputeResult, PartitionJob, RejectedBlock, Send
 from mpnn_async.runtime.protocol import (
+    HEARTBEATS_ROUTING_KEY,
     ControlType,
     Rejection,
     control,
@@ -23,7 +24,7 @@ from mpnn_async.runtime.protocol import (
     scheduler_routing_key,
 )
 from mpnn_async.store import ModelStore, Store
-from mpnn_async.transport.base import Delivery, Outgoing, Transport
+from mpnn_async.transport.base import Delivery, Outgoing, QueueNotFoundError, Transport
 from mpnn_async.wire import BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
 
 __all__ = ["Worker", "WorkerState"]
@@ -51,6 +52,8 @@ class Worker:
         prefetch: int = 256,
         max_message_bytes: int = 128 * 1024 * 1024,
         executor: concurrent.futures.Executor | None = None,
+        heartbeat_s: float = 1.0,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         if not partitions:
             raise ValueError("a worker needs at least one partition")
@@ -60,6 +63,12 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
+        self.heartbeat_s = heartbeat_s
+        # Called with a reason when the worker cannot go on (its queue was deleted).
+        self.on_fatal = on_fatal
+        self.fatal_reason: str | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._queues: list[str] = []
         self.state = WorkerState.CREATED
         self.counters = {"received": 0, "dead_lettered": 0, "duplicates": 0, "superseded": 0}
         # jobs[job][partition]
@@ -89,7 +98,9 @@ class Worker:
                 queue, self._handler_for(partition), prefetch=self.prefetch
             )
             self._consumer_tags.append(tag)
+            self._queues.append(queue)
         self.state = WorkerState.RUNNING
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         log.info(
             "worker.started worker=%s partitions=%s prefetch=%d",
             self.worker_id,
@@ -103,6 +114,9 @@ class Worker:
             return
         self.state = WorkerState.DRAINING
         log.info("worker.stopping worker=%s", self.worker_id)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         for tag in self._consumer_tags:
             await self.transport.cancel(tag)
         self._consumer_tags.clear()
@@ -123,6 +137,43 @@ class Worker:
             self._executor.shutdown(wait=True)
         self.state = WorkerState.STOPPED
         log.info("worker.stopped worker=%s requeued=%d", self.worker_id, len(held))
+
+    async def _heartbeat_loop(self) -> None:
+        """Publish a heartbeat every `heartbeat_s`, and check that the partition queues exist.
+
+        A deleted queue cancels its consumer on the broker without an error
+        reaching aio-pika's robust consumer, which would leave the worker idle
+        for ever; finding the queue gone is fatal instead.
+        """
+        body = control(
+            ControlType.HEARTBEAT,
+            worker=self.worker_id,
+            partitions=list(self.partitions),
+            interval_s=self.heartbeat_s,
+        )
+        warned = False
+        while True:
+            try:
+                await self.transport.publish(
+                    Outgoing(HEARTBEATS_ROUTING_KEY, body, persistent=False, mandatory=False)
+                )
+                for queue in self._queues:
+                    await self.transport.queue_depth(queue)
+                warned = False
+            except QueueNotFoundError as error:
+                self._fail(f"queue deleted while consuming it: {error}")
+                return
+            except TransportError as error:
+                if not warned:
+                    log.warning("worker.heartbeat_failed worker=%s error=%s", self.worker_id, error)
+                    warned = True
+            await asyncio.sleep(self.heartbeat_s)
+
+    def _fail(self, reason: str) -> None:
+        log.error("worker.fatal worker=%s reason=%s", self.worker_id, reason)
+        self.fatal_reason = reason
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _handler_for(self, partition: str) -> Any:
         async def handle(delivery: Delivery) -> None:
@@ -267,6 +318,19 @@ class Worker:
 
     async def _start_job(self, partition: str, payload: dict[str, Any]) -> None:
         job_name = payload["job"]
+        generation = payload.get("generation", 0)
+        current = self._jobs.get(job_name, {}).get(partition)
+        if current is not None and current.generation > generation:
+            log.info("job.start_stale job=%s partition=%s generation=%d", job_name, partition, generation)
+            return
+        if current is not None and current.generation == generation:
+            # A redelivered start: the state is loaded already, so only confirm it again.
+            await self._publish_ready(partition, current)
+            return
+        if current is not None:
+            # A rollback: the blocks held by the old generation will never complete.
+            for held in current.pending_deliveries():
+                await held.ack()
         loop = asyncio.get_running_loop()
         try:
             job = await loop.run_in_executor(
@@ -293,14 +357,21 @@ class Worker:
             )
             return
         self._jobs.setdefault(job_name, {})[partition] = job
-        log.info("job.started job=%s partition=%s step=%d version=%d", job_name, partition, job.step, job.version)
+        log.info(
+            "job.started job=%s partition=%s step=%d version=%d generation=%d",
+            job_name, partition, job.step, job.version, job.generation,
+        )
+        await self._publish_ready(partition, job)
+
+    async def _publish_ready(self, partition: str, job: PartitionJob) -> None:
         await self._publish_control(
-            job_name,
+            job.job,
             ControlType.JOB_READY,
-            job=job_name,
+            job=job.job,
             partition=partition,
             worker=self.worker_id,
             version=job.version,
+            generation=job.generation,
         )
 
     def _load_job(self, partition: str, payload: dict[str, Any]) -> PartitionJob:
@@ -313,6 +384,8 @@ class Worker:
             optimizer=payload["optimizer"],
             expected_step=payload["step"],
             snapshot=payload.get("snapshot", ""),
+            version_number=payload.get("versions", {}).get(partition),
+            generation=payload.get("generation", 0),
         )
 
     async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:
@@ -321,6 +394,12 @@ class Worker:
         if job is None:
             raise RejectedBlock(Rejection.UNKNOWN_JOB, f"job {job_name!r} was not started here")
         step = payload["step"]
+        if payload["generation"] != job.generation:
+            log.info(
+                "step.stale job=%s partition=%s step=%d generation=%d current=%d",
+                job_name, partition, step, payload["generation"], job.generation,
+            )
+            return
         if step < job.step:
             # A redelivered command for a step already applied: report it again, change nothing.
             log.info("step.already_applied job=%s partition=%s step=%d", job_name, partition, step)
@@ -348,6 +427,7 @@ class Worker:
             partition=partition,
             step=step,
             version=job.version,
+            generation=job.generation,
         )
 
     def _apply_and_persist(

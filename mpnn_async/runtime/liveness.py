@@ -1,0 +1,43 @@
+"""Worker liveness from heartbeats: which partitions have a worker alive right now."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+__all__ = ["Liveness"]
+
+
+class Liveness:
+    """Last heartbeat per worker; a worker is alive while its last beat is younger than `timeout_s`."""
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._beats: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._ever_seen: set[str] = set()
+
+    def __repr__(self) -> str:
+        alive = sorted(self.live_partitions())
+        return f"<Liveness workers={len(self._beats)} live_partitions={alive}>"
+
+    def record(self, worker: str, partitions: Iterable[str], *, now: float | None = None) -> None:
+        names = tuple(partitions)
+        self._beats[worker] = (time.monotonic() if now is None else now, names)
+        self._ever_seen.update(names)
+
+    def live_partitions(self, *, now: float | None = None) -> set[str]:
+        now = time.monotonic() if now is None else now
+        return {
+            partition
+            for seen, partitions in self._beats.values()
+            if now - seen <= self.timeout_s
+            for partition in partitions
+        }
+
+    def lost_partitions(self, partitions: Iterable[str], *, now: float | None = None) -> list[str]:
+        """Return the partitions that had a live worker once and have none now."""
+        live = self.live_partitions(now=now)
+        return [p for p in partitions if p in self._ever_seen and p not in live]
+
+    def workers(self) -> dict[str, tuple[str, ...]]:
+        return {worker: partitions for worker, (_, partitions) in self._beats.items()}
