@@ -11,7 +11,7 @@ import numpy as np
 
 from mpnn_async.errors import MpnnError
 from mpnn_async.runtime.protocol import inference_routing_key
-from mpnn_async.runtime.serving import ERROR_TYPE, SNAPSHOT_HEADER
+from mpnn_async.runtime.serving import SNAPSHOT_HEADER
 from mpnn_async.transport import open_transport
 from mpnn_async.transport.base import Delivery, Outgoing, Transport, UnroutableError
 from mpnn_async.wire import BlockHeader, MessageKind, decode_block, decode_control, encode_block, is_data_frame

@@ -97,7 +97,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, broker: bool = Tru
             "--broker",
             dest="broker_url",
             help="broker URL amqp[s]://user:password@host:port/vhost (env MPNN_BROKER_URL); "
-            "without one, train runs on the in-process transport",
+            "`mpnn train` without one runs on the in-process transport",
         )
         parser.add_argument(
             "--namespace", help="prefix of exchange and queue names (env MPNN_NAMESPACE, default mpnn)"

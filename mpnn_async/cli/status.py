@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import orjson
@@ -30,7 +31,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args)
     store = Store.open(settings.store, create=False)
-    jobs = [args.job] if args.job else store.list_children(("jobs",))
+    known = store.list_children(("jobs",)) if (store.root / "jobs").is_dir() else []
+    if args.job and args.job not in known:
+        print(f"mpnn status: no job {args.job!r} in store {settings.store}", file=sys.stderr)
+        return ExitCode.FAILED
+    jobs = [args.job] if args.job else known
     report: list[dict[str, Any]] = []
     for job in jobs:
         progress = read_progress(store, job)
@@ -57,11 +62,10 @@ def run(args: argparse.Namespace) -> ExitCode:
         print(f"no jobs in store {settings.store}")
     for entry in report:
         progress = entry["progress"] or {}
-        accuracy = progress.get("accuracy")
         print(
             f"job {entry['job']}: {progress.get('state', 'unknown')} "
             f"step {progress.get('step')}/{progress.get('total_steps')} "
-            f"loss {progress.get('loss')} accuracy {accuracy if accuracy is not None else 'n/a'}"
+            f"loss {_number(progress.get('loss'))} test accuracy {_number(progress.get('accuracy'))}"
         )
         for partition in entry["partitions"]:
             print(
@@ -69,3 +73,7 @@ def run(args: argparse.Namespace) -> ExitCode:
                 f"step {partition['step']} worker {partition['worker'] or 'unknown'}"
             )
     return ExitCode.OK
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

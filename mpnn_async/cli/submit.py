@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from mpnn_async.cli.common import settings_from_args, split_runtime_table
+from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
-from mpnn_async.config import load_toml
 from mpnn_async.errors import ConfigError
 from mpnn_async.runtime.job import JobSpec
 from mpnn_async.runtime.protocol import JOBS_ROUTING_KEY
@@ -30,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> ExitCode:
-    document, _ = split_runtime_table(load_toml(args.job))
-    job = JobSpec.from_dict(document)
+    job = JobSpec.from_file(args.job)
     settings = settings_from_args(args, args.job)
     if not settings.broker_url:
         raise ConfigError("--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL")

@@ -126,7 +126,11 @@ class JobSpec:
             raise ConfigError("job", "a job document must be a table/object")
         for key in data:
             if key not in _TOP_LEVEL:
-                raise ConfigError(key, "unknown top-level table", fix=f"expected {list(_TOP_LEVEL)}")
+                raise ConfigError(
+                    key,
+                    "unknown top-level table",
+                    fix="a job has [job], [model], [plan], [optimizer], [dataset] and, in a file, [runtime]",
+                )
         schema = data.get("schema", JOB_SCHEMA)
         if schema != JOB_SCHEMA:
             raise ConfigError("schema", f"unsupported job schema {schema!r}", fix=f"use {JOB_SCHEMA!r}")
@@ -152,7 +156,10 @@ class JobSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
-        return cls.from_dict(load_toml(path))
+        """Load a job file; a relative dataset path is taken relative to the file's folder."""
+        document = dict(load_toml(path))
+        document.pop("runtime", None)
+        return cls.from_dict(anchor_dataset_paths(document, Path(path).resolve().parent))
 
     @classmethod
     def from_json(cls, body: bytes) -> JobSpec:
@@ -174,6 +181,22 @@ class JobSpec:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+
+
+def anchor_dataset_paths(document: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Return `document` with the dataset's relative file paths made absolute from `base_dir`.
+
+    A job published to the queue is loaded by a scheduler that may run in
+    another folder, so the paths it carries must not depend on where the
+    file was read.
+    """
+    from mpnn_async.data import DatasetSpec
+
+    dataset = document.get("dataset")
+    if not isinstance(dataset, Mapping):
+        return document
+    anchored = DatasetSpec.from_dict(dataset).resolve_paths(base_dir).to_dict()
+    return {**document, "dataset": anchored}
 
 
 def _int_at_least(value: Any, minimum: int, field: str) -> int:

@@ -14,7 +14,6 @@ class Liveness:
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._beats: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._ever_seen: set[str] = set()
 
     def __repr__(self) -> str:
         alive = sorted(self.live_partitions())
@@ -23,7 +22,6 @@ class Liveness:
     def record(self, worker: str, partitions: Iterable[str], *, now: float | None = None) -> None:
         names = tuple(partitions)
         self._beats[worker] = (time.monotonic() if now is None else now, names)
-        self._ever_seen.update(names)
 
     def live_partitions(self, *, now: float | None = None) -> set[str]:
         now = time.monotonic() if now is None else now
@@ -34,10 +32,13 @@ class Liveness:
             for partition in partitions
         }
 
-    def lost_partitions(self, partitions: Iterable[str], *, now: float | None = None) -> list[str]:
-        """Return the partitions that had a live worker once and have none now."""
-        live = self.live_partitions(now=now)
-        return [p for p in partitions if p in self._ever_seen and p not in live]
+    def is_lost(self, worker: str, *, now: float | None = None) -> bool:
+        """Return True if `worker` sent heartbeats once and its last one is too old."""
+        beat = self._beats.get(worker)
+        if beat is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - beat[0] > self.timeout_s
 
     def workers(self) -> dict[str, tuple[str, ...]]:
         return {worker: partitions for worker, (_, partitions) in self._beats.items()}

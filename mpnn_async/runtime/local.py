@@ -8,7 +8,6 @@ started as `mpnn worker` and stopped with SIGTERM when the job ends.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -38,7 +37,7 @@ async def run_job_locally(
 ) -> JobResult:
     store = Store.open(settings.store, create=True)
     transport = await open_transport(
-        settings.broker_url or None,
+        None if _is_in_process(settings.broker_url) else settings.broker_url,
         namespace=settings.namespace,
         max_message_bytes=settings.max_message_bytes,
     )
@@ -52,7 +51,7 @@ async def run_job_locally(
             max_message_bytes=settings.max_message_bytes,
             on_progress=on_progress,
         )
-        if not settings.broker_url:
+        if _is_in_process(settings.broker_url):
             worker = Worker(
                 transport=transport,
                 store=store,
@@ -70,6 +69,10 @@ async def run_job_locally(
             return await runner.run()
     finally:
         await transport.close()
+
+
+def _is_in_process(broker_url: str) -> bool:
+    return not broker_url or broker_url.startswith("memory:")
 
 
 @contextlib.contextmanager

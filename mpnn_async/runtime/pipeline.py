@@ -186,10 +186,15 @@ class JobChannel:
                     self._failure.result()
                 if future in done:
                     return future.result()
-                lost = self.liveness.lost_partitions(self.plan.partitions)
+                # A worker that loaded the job and then went silent holds state that
+                # is gone, even if another worker now serves its partition.
+                lost = sorted(p for p, worker in self.workers.items() if self.liveness.is_lost(worker))
                 problem = ""
                 if lost and recoverable:
-                    problem = f"no heartbeat from the workers of partitions {lost} for {self.liveness.timeout_s:.1f} s"
+                    problem = (
+                        f"no heartbeat for {self.liveness.timeout_s:.1f} s from the workers that "
+                        f"loaded partitions {lost}"
+                    )
                 elif time.monotonic() > deadline:
                     problem = f"timed out after {timeout_s:.1f} s waiting for {what}{self._missing(key)}"
                 if problem:

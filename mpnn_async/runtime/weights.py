@@ -16,7 +16,6 @@ import numpy as np
 from mpnn_async.errors import ConfigError, StoreError
 from mpnn_async.model.optim import OptimizerSpec
 from mpnn_async.model.reference import Parameters
-from mpnn_async.model.spec import NetworkSpec
 from mpnn_async.planning import Plan
 from mpnn_async.runtime import snapshots
 from mpnn_async.runtime.partition import PartitionJob

@@ -455,8 +455,8 @@ def _check_root(path: Path) -> None:
         ) from error
     if not path.exists():
         raise StoreError(
-            f"store root {path} does not exist; mount the shared store there, or create it "
-            f"with Store.open({str(path)!r}, create=True)"
+            f"store root {path} does not exist; mount the shared store there or create the "
+            "directory, or point --store (MPNN_STORE) at an existing one"
         )
     if not is_directory:
         raise StoreError(f"store root {path} is not a directory; point the store at a directory")

@@ -126,7 +126,8 @@ class MemoryDelivery(Delivery):
 
         self._state = "settled"
         self._consumer.forget(self)
-        log.warning(
+        # The caller logs the rejection with its own ids; this line is for debugging the transport.
+        log.debug(
             "delivery.rejected queue=%s routing_key=%s correlation_id=%s reason=%s detail=%s",
             self.queue,
             self.routing_key,

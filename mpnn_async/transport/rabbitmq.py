@@ -188,6 +188,17 @@ class RabbitMQTransport(Transport):
                     f"the broker at {self.redacted_url} rejected the login: {self._describe(exc)}; "
                     "check the user name and password in the broker URL"
                 ) from exc
+            except ValueError:
+                raise ConfigError(
+                    "broker_url", f"invalid broker URL {self.redacted_url}", fix="use amqp://user:password@host:5672/vhost"
+                ) from None
+            except aiormq.exceptions.AMQPError as exc:
+                # For example Connection.Close instead of OpenOk: the virtual host does not exist
+                # or the user may not use it. Retrying cannot help.
+                raise TransportError(
+                    f"the broker at {self.redacted_url} refused the connection: {self._describe(exc)}; "
+                    "check that the virtual host in the URL exists and the user may access it"
+                ) from exc
             except TRANSIENT_ERRORS as exc:
                 error = exc
             if attempt < settings.connect_attempts:

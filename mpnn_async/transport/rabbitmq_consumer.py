@@ -120,7 +120,8 @@ class RabbitMQDelivery(Delivery):
         await self._publish_dead_letter(copy, self.routing_key)
         self._state = "settled"
         await self._send_settle("reject", message.ack())
-        log.warning(
+        # The caller logs the rejection with its own ids; this line is for debugging the transport.
+        log.debug(
             "delivery.rejected queue=%s routing_key=%s correlation_id=%s reason=%s detail=%s",
             self.queue,
             self.routing_key,

@@ -19,6 +19,8 @@ class Daemons:
         self.store = store
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # Process name -> partition, for the worker processes.
+        self.partitions: dict[str, str] = {}
 
     def environment(self) -> dict[str, str]:
         environment = dict(os.environ)
@@ -41,8 +43,7 @@ class Daemons:
 
     def declared_queues(self) -> list[str]:
         """Return the queue names (local to the namespace) that the started daemons declare."""
-        names = [name.removeprefix("worker-") for name in self.processes if name.startswith("worker-")]
-        queues = [f"part.{partition}" for partition in names]
+        queues = sorted({f"part.{partition}" for partition in self.partitions.values()})
         if "scheduler" in self.processes or "submit" in self.processes:
             queues.append("jobs")
         queues += [f"infer.{name.removeprefix('serve-')}" for name in self.processes if name.startswith("serve-")]
@@ -51,8 +52,16 @@ class Daemons:
     def serve(self, model: str, snapshot: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(f"serve-{model}", "serve", model, "--snapshot", snapshot, *extra)
 
-    def worker(self, partition: str, *extra: str) -> subprocess.Popen[bytes]:
-        return self.start(f"worker-{partition}", "worker", "--partition", partition, *extra)
+    def worker(self, partition: str, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        name = name or f"worker-{partition}"
+        self.partitions[name] = partition
+        return self.start(name, "worker", "--partition", partition, *extra)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL a daemon and return its exit status (-9)."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        return process.wait(timeout=30)
 
     def run(self, *arguments: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

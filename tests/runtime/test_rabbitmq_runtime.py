@@ -16,11 +16,10 @@ from mpnn_async.runtime.progress import read_progress
 from mpnn_async.runtime.reference_run import train_reference
 from mpnn_async.runtime.scheduler import JobRunner
 from mpnn_async.store import ModelStore, Store
-from mpnn_async.transport import open_transport
 from mpnn_async.transport.base import REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, Outgoing
 from mpnn_async.wire import BlockHeader, encode_block
 from tests.runtime.jobs import PLANS, make_job, max_abs_difference, synthetic_dataset
-from tests.runtime.processes import Daemons, wait_until
+from tests.runtime.processes import wait_until
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -500,7 +500,7 @@ async def test_close_returns_unacked_messages(transport_kind, transport_factory)
     assert all(delivery.redelivered for delivery in again.deliveries)
 
 
-async def test_non_mandatory_unroutable_publish_is_dropped(transport: Transport) -> None:
+async def test_non_mandatory_unroutable_publish_is_dropped(transport) -> None:
     await transport.publish(Outgoing("nobody.listens", b"event", mandatory=False))
 
     with pytest.raises(UnroutableError):
