@@ -34,7 +34,9 @@ async def run_job_locally(
     settings: RuntimeSettings,
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    resume: bool = False,
 ) -> JobResult:
+    """Run `job` here; with `resume`, continue it from its last checkpoint in the store."""
     store = Store.open(settings.store, create=True)
     transport = await open_transport(
         None if _is_in_process(settings.broker_url) else settings.broker_url,
@@ -50,6 +52,7 @@ async def run_job_locally(
             ready_timeout_s=settings.ready_timeout_s,
             max_message_bytes=settings.max_message_bytes,
             on_progress=on_progress,
+            resume=resume,
         )
         if _is_in_process(settings.broker_url):
             worker = Worker(

@@ -32,7 +32,13 @@ from mpnn_async.errors import ConfigError
 from mpnn_async.model.losses import Loss, loss_and_gradient
 from mpnn_async.planning import Plan
 from mpnn_async.runtime import weights
-from mpnn_async.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_job_document
+from mpnn_async.runtime.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_job_document,
+    save_checkpoint,
+    save_job_document,
+)
 from mpnn_async.runtime.job import JobSpec
 from mpnn_async.runtime.pipeline import JobChannel, JobFailedError, RecoveryNeeded
 from mpnn_async.runtime.progress import ProgressEvent, ProgressRecorder
@@ -151,7 +157,8 @@ class JobRunner:
     def _first_checkpoint(self) -> Checkpoint:
         """Return the checkpoint to start from: the stored one when resuming, else a new one."""
         stored = load_checkpoint(self.store, self.name)
-        if self.resume and stored is not None and not stored.finished:
+        same_job = load_job_document(self.store, self.name) == self.job.to_dict()
+        if self.resume and stored is not None and not stored.finished and same_job:
             log.info("job.resuming job=%s step=%d epoch=%d batch=%d", self.name, stored.step, stored.epoch, stored.batch)
             self.steps_done = stored.steps_done
             return dataclasses.replace(stored, generation=stored.generation + 1)

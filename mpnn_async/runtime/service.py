@@ -23,7 +23,13 @@ async def declare_jobs_queue(transport: Transport) -> str:
 
 
 class SchedulerService:
-    """Consumes the job queue with prefetch 1; a job's message is acked when the job ends."""
+    """Consumes the job queue with prefetch 1; a job's message is acked when the job ends.
+
+    A job whose message comes back (its scheduler died, or stopped before the
+    job ended) resumes from its last checkpoint in the store, because every
+    job is run with `resume=True`: an unfinished checkpoint of the same job
+    document is continued, anything else starts afresh.
+    """
 
     def __init__(self, *, transport: Transport, store: Store, settings: RuntimeSettings) -> None:
         self.transport = transport
@@ -44,13 +50,19 @@ class SchedulerService:
         log.info("scheduler.started queue=%s", queue)
 
     async def stop(self, *, timeout_s: float) -> None:
-        if self._tag is not None:
-            await self.transport.cancel(self._tag)
-            self._tag = None
+        """Let the running job finish for up to `timeout_s`, then stop consuming.
+
+        A job still running then is interrupted; its message returns to the
+        queue and the next scheduler resumes it from its checkpoint.
+        """
+        log.info("scheduler.stopping job=%s timeout_s=%.1f", self.current, timeout_s)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except asyncio.TimeoutError:
-            log.warning("scheduler.stop_timeout job=%s timeout_s=%.1f", self.current, timeout_s)
+            log.warning("scheduler.stop_timeout job=%s timeout_s=%.1f interrupted", self.current, timeout_s)
+        if self._tag is not None:
+            await self.transport.cancel(self._tag)
+            self._tag = None
         log.info("scheduler.stopped jobs_done=%d", self.jobs_done)
 
     async def _on_job(self, delivery: Delivery) -> None:
@@ -69,6 +81,7 @@ class SchedulerService:
                 store=self.store,
                 ready_timeout_s=self.settings.ready_timeout_s,
                 max_message_bytes=self.settings.max_message_bytes,
+                resume=True,
             )
             result = await runner.run()
             log.info("job.completed job=%s steps=%d accuracy=%s", job.name, result.steps, result.test_accuracy)

@@ -19,6 +19,7 @@ class Daemons:
         self.store = store
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: set[str] = set()
         # Process name -> partition, for the worker processes.
         self.partitions: dict[str, str] = {}
 
@@ -39,14 +40,16 @@ class Daemons:
         )
         log_file.close()
         self.processes[name] = process
+        self.started.add(name)
         return process
 
     def declared_queues(self) -> list[str]:
         """Return the queue names (local to the namespace) that the started daemons declare."""
         queues = sorted({f"part.{partition}" for partition in self.partitions.values()})
-        if "scheduler" in self.processes or "submit" in self.processes:
+        # Killed daemons leave `processes`, so the queues are known from every name ever started.
+        if any(name.startswith("scheduler") for name in self.started):
             queues.append("jobs")
-        queues += [f"infer.{name.removeprefix('serve-')}" for name in self.processes if name.startswith("serve-")]
+        queues += [f"infer.{name.removeprefix('serve-')}" for name in self.started if name.startswith("serve-")]
         return queues
 
     def serve(self, model: str, snapshot: str, *extra: str) -> subprocess.Popen[bytes]:
