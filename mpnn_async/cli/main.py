@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # Each module under mpnn_async.cli named here defines `register(subparsers)`,
 # which adds its subparser and sets `handler` to a function(args) -> ExitCode.
-SUBCOMMANDS = ("plan", "train", "worker", "scheduler", "submit", "status", "snapshot", "serve", "infer")
+SUBCOMMANDS = ("plan", "train", "worker", "scheduler", "submit", "status", "snapshot", "serve", "infer", "watch", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,10 @@ import orjson
 
 from mpnn_async.cli.common import settings_from_args, split_runtime_table
 from mpnn_async.cli.exit_codes import ExitCode
+from mpnn_async.cli.observe_args import add_display_arguments
 from mpnn_async.config import load_toml
+from mpnn_async.observe.display import open_display
 from mpnn_async.runtime.job import JobSpec
-from mpnn_async.runtime.progress import ProgressEvent
 from mpnn_async.settings import add_runtime_arguments
 
 
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--json", action="store_true", help="end with one JSON line holding the job's result"
     )
+    add_display_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> ExitCode:
     document, _ = split_runtime_table(load_toml(args.config))
     job = JobSpec.from_dict(document)
     settings = settings_from_args(args, args.config)
-    result = asyncio.run(run_job_locally(job, settings, on_progress=_print_progress))
+    # Progress goes to stderr, so stdout holds only the result.
+    with open_display(stream=sys.stderr, plain=args.plain, interval_s=args.interval_s) as display:
+        result = asyncio.run(run_job_locally(job, settings, on_progress=display.show))
     if args.json:
         sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
     else:
@@ -49,15 +53,3 @@ def run(args: argparse.Namespace) -> ExitCode:
             f"weights in {result.store_path} (model {result.model}, plan {result.plan_id})"
         )
     return ExitCode.OK
-
-
-def _print_progress(event: ProgressEvent) -> None:
-    # The final "finished" event repeats the last evaluation; print each evaluation once.
-    if event.accuracy is not None and event.state != "finished":
-        print(
-            f"epoch {event.epoch + 1}: step {event.step}/{event.total_steps} "
-            f"train loss {event.loss:.4f} test loss {event.test_loss:.4f} "
-            f"test accuracy {event.accuracy:.4f}",
-            file=sys.stderr,
-            flush=True,
-        )
