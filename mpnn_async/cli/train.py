@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 import orjson
 
-from mpnn_async.cli.common import settings_from_args, split_runtime_table
+from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.cli.observe_args import add_display_arguments
-from mpnn_async.config import load_toml
 from mpnn_async.observe.display import open_display
 from mpnn_async.runtime.job import JobSpec
 from mpnn_async.settings import add_runtime_arguments
@@ -37,9 +37,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> ExitCode:
     from mpnn_async.runtime.local import run_job_locally
 
-    document, _ = split_runtime_table(load_toml(args.config))
-    job = JobSpec.from_dict(document)
+    job = JobSpec.from_file(args.config)
     settings = settings_from_args(args, args.config)
+    # SIGTERM unwinds like Ctrl-C, so the worker processes this command started are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Progress goes to stderr, so stdout holds only the result.
     with open_display(stream=sys.stderr, plain=args.plain, interval_s=args.interval_s) as display:
         result = asyncio.run(run_job_locally(job, settings, on_progress=display.show))
