@@ -183,3 +183,19 @@ async def test_broker_restart_mid_job_identical(daemons, broker, tmp_path, names
         assert daemons.processes[name].poll() is None, f"{name} exited:\n{daemons.log(name)[-2000:]}"
     distributed = weights.load_parameters(ModelStore(store, job.name), job.build_plan())
     assert_bit_identical(distributed, await undisturbed_weights(job, tmp_path, namespace))
+
+
+async def test_deleted_queue_is_fatal_for_worker(broker, tmp_path):
+    store = Store.open(tmp_path, create=True)
+    fatal = asyncio.Event()
+    worker = Worker(
+        transport=broker, store=store, partitions=("a",), heartbeat_s=0.2, on_fatal=lambda reason: fatal.set()
+    )
+    await worker.start()
+    try:
+        await broker.delete_queue(broker.queue_name("part.a"))
+        await asyncio.wait_for(fatal.wait(), 10)
+    finally:
+        await worker.stop(timeout_s=5)
+
+    assert "queue deleted" in worker.fatal_reason
