@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class InferenceError(MpnnError):
-    """The server answered a request with an error reply, or did not answer in time."""
+    """Error reply from the server, or no reply in time."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"inference failed ({reason}): {detail}")

@@ -7,12 +7,12 @@ columns. When every micro-batch of the step has finished its backward pass,
 it commands the optimizer step and waits until every partition has applied
 it. Evaluation runs forward-only `inference` blocks.
 
-Failures are handled by rolling back: when a wait times out or a partition's
-workers stop sending heartbeats, the scheduler waits until every partition
-has a live worker again, makes all of them reload the last checkpoint (a step
-that every partition persisted) under a new generation, and replays the data
-from there. Steps are deterministic, so the final weights equal those of a
-run that never failed.
+Failures are handled by rolling back. When a wait times out or a
+partition's workers stop sending heartbeats, the scheduler waits until every
+partition has a live worker again. It then makes all of them reload the last
+checkpoint, a step that every partition persisted, under a new generation,
+and replays the data from there. Steps are deterministic, so the final
+weights equal those of a run that never failed.
 """
 
 from __future__ import annotations
