@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.errors import InvalidInputError, MpnnError, StoreError, TransportError
+from mpnn_async.ops.logs import LOG_FORMATS, JsonFormatter, TextFormatter, resolve_log_format
 
 __all__ = ["main", "build_parser"]
 
@@ -32,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="set the log level explicitly; overrides -v",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line with the event and its key=value pairs as "
+        "fields (env MPNN_LOG_FORMAT, default text)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"mpnn_async.cli.{name}").register(subparsers)
@@ -47,23 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help="set the log level explicitly; overrides -v",
         )
+        subparser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=argparse.SUPPRESS,
+            help="text lines, or one JSON object per line (env MPNN_LOG_FORMAT, default text)",
+        )
     return parser
 
 
-def configure_logging(verbose: int, level_name: str | None) -> None:
+def configure_logging(verbose: int, level_name: str | None, log_format: str = "text") -> None:
     if level_name is not None:
         level = getattr(logging, level_name)
     else:
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.log_level)
+    try:
+        log_format = resolve_log_format(args.log_format, os.environ)
+    except InvalidInputError as error:
+        print(f"mpnn {args.command}: invalid input: {error}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+    configure_logging(args.verbose, args.log_level, log_format)
     try:
         return int(args.handler(args))
     except InvalidInputError as error:

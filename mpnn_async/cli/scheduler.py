@@ -8,7 +8,10 @@ import asyncio
 from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.errors import ConfigError
+from mpnn_async.ops.health import add_check_argument, run_health_check, scheduler_queues
+from mpnn_async.ops.metrics import MetricsExporter, MetricsOptions, add_metrics_arguments
 from mpnn_async.runtime.daemon import install_stop_signals
+from mpnn_async.runtime.protocol import JOBS_QUEUE
 from mpnn_async.runtime.service import SchedulerService
 from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
 from mpnn_async.store import Store
@@ -30,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         help="seconds to let the running job finish after SIGTERM (default 30)",
     )
+    add_check_argument(parser)
+    add_metrics_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -37,21 +42,29 @@ def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args, args.config)
     if not settings.broker_url:
         raise ConfigError("--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL")
-    asyncio.run(_serve(settings))
+    if args.check:
+        return run_health_check(settings, command="scheduler", queues=scheduler_queues())
+    asyncio.run(_serve(settings, MetricsOptions.from_args(args)))
     return ExitCode.OK
 
 
-async def _serve(settings: RuntimeSettings) -> None:
+async def _serve(settings: RuntimeSettings, metrics: MetricsOptions) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop, name="scheduler")
     store = Store.open(settings.store)
     transport = await open_transport(
         settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
     )
-    service = SchedulerService(transport=transport, store=store, settings=settings)
+    # Without --metrics-port the exporter does nothing and exporter.transport is `transport`.
+    exporter = MetricsExporter(options=metrics, transport=transport)
+    service = SchedulerService(transport=exporter.transport, store=store, settings=settings)
+    exporter.collect_from(service=service)
     try:
+        exporter.start()
         await service.start()
+        exporter.watch_queues([transport.queue_name(JOBS_QUEUE)])
         await stop.wait()
         await service.stop(timeout_s=settings.shutdown_timeout_s)
     finally:
+        await exporter.stop()
         await transport.close()

@@ -9,6 +9,8 @@ import logging
 from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.errors import ConfigError
+from mpnn_async.ops.health import add_check_argument, run_health_check, worker_queues
+from mpnn_async.ops.metrics import MetricsExporter, MetricsOptions, add_metrics_arguments
 from mpnn_async.runtime.daemon import install_stop_signals
 from mpnn_async.runtime.worker import Worker
 from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
@@ -41,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         help="seconds to finish running work after SIGTERM (default 30)",
     )
+    add_check_argument(parser)
+    add_metrics_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -51,27 +55,35 @@ def run(args: argparse.Namespace) -> ExitCode:
             "--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL; "
             "`mpnn train` runs a job without a broker"
         )
-    asyncio.run(_serve(settings, args.partitions))
+    if args.check:
+        return run_health_check(settings, command="worker", queues=worker_queues(args.partitions))
+    asyncio.run(_serve(settings, args.partitions, MetricsOptions.from_args(args)))
     return ExitCode.OK
 
 
-async def _serve(settings: RuntimeSettings, partitions: list[str]) -> None:
+async def _serve(settings: RuntimeSettings, partitions: list[str], metrics: MetricsOptions) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop, name="worker")
     store = Store.open(settings.store)
     transport = await open_transport(
         settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
     )
+    # Without --metrics-port the exporter does nothing and exporter.transport is `transport`.
+    exporter = MetricsExporter(options=metrics, transport=transport)
     worker = Worker(
-        transport=transport,
+        transport=exporter.transport,
         store=store,
         partitions=partitions,
         prefetch=settings.prefetch,
         max_message_bytes=settings.max_message_bytes,
     )
+    exporter.collect_from(worker=worker)
     try:
+        exporter.start()
         await worker.start()
+        exporter.watch_queues([transport.queue_name(f"part.{partition}") for partition in partitions])
         await stop.wait()
         await worker.stop(timeout_s=settings.shutdown_timeout_s)
     finally:
+        await exporter.stop()
         await transport.close()
