@@ -351,7 +351,7 @@ def test_missing_root_raises_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist") as info:
         Store(missing)
     assert str(missing) in str(info.value)
-    assert "create=True" in str(info.value)
+    assert "--store" in str(info.value)
 
 
 def test_root_that_is_a_file_raises_store_error(tmp_path: Path) -> None:
