@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.errors import ConfigError
+from mpnn_async.planning.naming import validate_partition_names
 from mpnn_async.ops.health import add_check_argument, run_health_check, worker_queues
 from mpnn_async.ops.metrics import MetricsExporter, MetricsOptions, add_metrics_arguments
 from mpnn_async.runtime.daemon import install_stop_signals
@@ -50,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args, args.config)
+    validate_partition_names(args.partitions, "--partition")
     if not settings.broker_url:
         raise ConfigError(
             "--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL; "
@@ -57,11 +60,17 @@ def run(args: argparse.Namespace) -> ExitCode:
         )
     if args.check:
         return run_health_check(settings, command="worker", queues=worker_queues(args.partitions))
-    asyncio.run(_serve(settings, args.partitions, MetricsOptions.from_args(args)))
+    fatal_reason = asyncio.run(_serve(settings, args.partitions, MetricsOptions.from_args(args)))
+    if fatal_reason is not None:
+        print(f"mpnn worker: stopped: {fatal_reason}", file=sys.stderr)
+        return ExitCode.FAILED
     return ExitCode.OK
 
 
-async def _serve(settings: RuntimeSettings, partitions: list[str], metrics: MetricsOptions) -> None:
+async def _serve(
+    settings: RuntimeSettings, partitions: list[str], metrics: MetricsOptions
+) -> str | None:
+    """Run the worker until SIGTERM; return why it had to stop on its own, if it did."""
     stop = asyncio.Event()
     install_stop_signals(stop, name="worker")
     store = Store.open(settings.store)
@@ -76,6 +85,8 @@ async def _serve(settings: RuntimeSettings, partitions: list[str], metrics: Metr
         partitions=partitions,
         prefetch=settings.prefetch,
         max_message_bytes=settings.max_message_bytes,
+        # A worker that cannot consume any more exits non-zero so its supervisor restarts it.
+        on_fatal=lambda _reason: stop.set(),
     )
     exporter.collect_from(worker=worker)
     try:
@@ -87,3 +98,4 @@ async def _serve(settings: RuntimeSettings, partitions: list[str], metrics: Metr
     finally:
         await exporter.stop()
         await transport.close()
+    return worker.fatal_reason

@@ -199,3 +199,19 @@ async def test_deleted_queue_is_fatal_for_worker(broker, tmp_path):
         await worker.stop(timeout_s=5)
 
     assert "queue deleted" in worker.fatal_reason
+
+
+async def test_worker_process_exits_loudly_without_queue(daemons, broker):
+    daemons.worker("a")
+    await asyncio.to_thread(
+        wait_until, lambda: "worker.started" in daemons.log("worker-a"), timeout_s=30,
+        what="worker start", details=lambda: daemons.log("worker-a"),
+    )
+
+    await broker.delete_queue(broker.queue_name("part.a"))
+    process = daemons.processes.pop("worker-a")
+    exit_code = await asyncio.to_thread(process.wait, 30)
+
+    assert exit_code == 1
+    assert "worker.fatal" in daemons.log("worker-a")
+    assert "queue deleted" in daemons.log("worker-a")
