@@ -152,39 +152,6 @@ async def test_mpnn_resume_finishes_interrupted_job(tmp_path, namespace):
     assert_bit_identical(distributed, await undisturbed_weights(job, tmp_path, namespace, dataset=None))
 
 
-def rabbitmqctl(*arguments: str) -> None:
-    completed = subprocess.run(["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, f"rabbitmqctl {' '.join(arguments)} failed: {completed.stderr}"
-
-
-@pytest.mark.slow
-async def test_broker_restart_mid_job_identical(daemons, broker, tmp_path, namespace):
-    job = failure_job("broker-restart")
-    store = Store.open(daemons.store)
-    for partition in job.build_plan().partitions:
-        daemons.worker(partition)
-    steps: asyncio.Queue[int] = asyncio.Queue()
-    runner = JobRunner(
-        job=job, transport=broker, store=store, dataset=synthetic_dataset(), ready_timeout_s=120,
-        step_timeout_s=30, heartbeat_timeout_s=3, on_progress=lambda event: steps.put_nowait(event.step),
-    )
-
-    task = await run_until_step(runner, steps, 3)
-    try:
-        await asyncio.to_thread(rabbitmqctl, "stop_app")
-        await asyncio.sleep(2)
-    finally:
-        await asyncio.to_thread(rabbitmqctl, "start_app")
-        await asyncio.to_thread(rabbitmqctl, "await_startup")
-    result = await asyncio.wait_for(task, 240)
-
-    assert result.steps == 9
-    for name in ("worker-a", "worker-b", "worker-c"):
-        assert daemons.processes[name].poll() is None, f"{name} exited:\n{daemons.log(name)[-2000:]}"
-    distributed = weights.load_parameters(ModelStore(store, job.name), job.build_plan())
-    assert_bit_identical(distributed, await undisturbed_weights(job, tmp_path, namespace))
-
-
 async def test_deleted_queue_is_fatal_for_worker(broker, tmp_path):
     store = Store.open(tmp_path, create=True)
     fatal = asyncio.Event()
