@@ -192,6 +192,8 @@ class RabbitMQTransport(Transport):
                 raise ConfigError(
                     "broker_url", f"invalid broker URL {self.redacted_url}", fix="use amqp://user:password@host:5672/vhost"
                 ) from None
+            except TRANSIENT_ERRORS as exc:
+                error = exc
             except aiormq.exceptions.AMQPError as exc:
                 # For example Connection.Close instead of OpenOk: the virtual host does not exist
                 # or the user may not use it. Retrying cannot help.
@@ -199,8 +201,6 @@ class RabbitMQTransport(Transport):
                     f"the broker at {self.redacted_url} refused the connection: {self._describe(exc)}; "
                     "check that the virtual host in the URL exists and the user may access it"
                 ) from exc
-            except TRANSIENT_ERRORS as exc:
-                error = exc
             if attempt < settings.connect_attempts:
                 delay_s = min(settings.connect_backoff_s * 2 ** (attempt - 1), settings.connect_backoff_max_s)
                 log.warning(
