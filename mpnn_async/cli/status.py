@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
@@ -11,7 +12,9 @@ import orjson
 from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.runtime.progress import read_progress
-from mpnn_async.settings import add_runtime_arguments
+from mpnn_async.runtime.census import take_census
+from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
+from mpnn_async.transport import open_transport
 from mpnn_async.store import ModelStore, Store
 
 
@@ -20,10 +23,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status",
         help="show jobs, progress and partitions",
         description="Read the shared store and show each job's latest progress and its model's "
-        "partitions with their stored version and step.",
+        "partitions with their stored version and step. With a broker, also listen to the "
+        "workers' heartbeats and list the live workers, their partitions, the age of their last "
+        "heartbeat and the depth of each partition queue.",
     )
     parser.add_argument("job", nargs="?", help="show only this job")
-    add_runtime_arguments(parser, broker=False)
+    add_runtime_arguments(parser)
+    parser.add_argument(
+        "--listen", dest="listen_s", type=float, default=2.0,
+        help="seconds to listen for worker heartbeats when a broker is given (default 2)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(handler=run)
 
@@ -55,9 +64,12 @@ def run(args: argparse.Namespace) -> ExitCode:
                     }
                 )
         report.append(entry)
+    census = asyncio.run(_census(settings, args.listen_s)) if settings.broker_url else None
     if args.json:
-        print(orjson.dumps(report).decode())
+        print(orjson.dumps({"jobs": report, "workers": census}).decode())
         return ExitCode.OK
+    if census is not None:
+        _print_census(census)
     if not report:
         print(f"no jobs in store {settings.store}")
     for entry in report:
@@ -77,3 +89,29 @@ def run(args: argparse.Namespace) -> ExitCode:
 
 def _number(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+async def _census(settings: RuntimeSettings, listen_s: float) -> dict[str, Any]:
+    transport = await open_transport(
+        settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
+    )
+    try:
+        return await take_census(transport, listen_s=listen_s)
+    finally:
+        await transport.close()
+
+
+def _print_census(census: dict[str, Any]) -> None:
+    workers = census["workers"]
+    print(f"{len(workers)} live workers (heartbeats heard in {census['listened_s']} s)")
+    for worker in workers:
+        print(
+            f"  worker {worker['worker']}: partitions {','.join(worker['partitions'])}, "
+            f"last heartbeat {worker['last_heartbeat_s_ago']:.1f} s ago"
+        )
+    for partition in census["partitions"]:
+        depth = partition["queue_depth"]
+        print(
+            f"  partition {partition['partition']}: {partition['workers']} worker(s), "
+            f"queue depth {'missing' if depth is None else depth}"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -153,3 +154,24 @@ async def test_worker_sigterm_mid_job_exits_zero(daemons, broker):
     log = daemons.log("worker-b")
     assert "worker.stopping" in log
     assert "worker.stopped" in log
+
+
+async def test_status_lists_live_workers(daemons):
+    daemons.worker("a")
+    daemons.worker("b", name="worker-b-one")
+    daemons.worker("b", name="worker-b-two")
+    for name in ("worker-a", "worker-b-one", "worker-b-two"):
+        await asyncio.to_thread(
+            wait_until, lambda name=name: "worker.started" in daemons.log(name), timeout_s=30,
+            what=f"{name} to start", details=lambda name=name: daemons.log(name),
+        )
+
+    completed = await asyncio.to_thread(daemons.run, "status", "--listen", "2.5", "--json")
+
+    assert completed.returncode == 0, completed.stderr
+    census = json.loads(completed.stdout)["workers"]
+    assert len(census["workers"]) == 3
+    assert all(worker["last_heartbeat_s_ago"] < 2.5 for worker in census["workers"])
+    by_partition = {entry["partition"]: entry for entry in census["partitions"]}
+    assert by_partition["a"] == {"partition": "a", "workers": 1, "queue_depth": 0}
+    assert by_partition["b"]["workers"] == 2
