@@ -336,8 +336,11 @@ class Worker:
             job = await loop.run_in_executor(
                 self._executor, self._load_job, partition, payload
             )
-        except MpnnError as error:
-            log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, error)
+        except Exception as error:  # noqa: BLE001 - the scheduler must hear of any failure
+            log.error(
+                "job.start_failed job=%s partition=%s error=%r", job_name, partition, error,
+                exc_info=not isinstance(error, MpnnError),
+            )
             await self._publish_control(
                 job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,12 +105,19 @@ def _check_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return checked
 
 
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def decode_version(
     payload: bytes, *, path: Path, key: Key, number: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Decode a version payload into (arrays, meta), checking that it is `key` version `number`."""
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        # NOTE: numpy parses each .npy header with ast.literal_eval, and CPython 3.11.7
+        # can fail with "SystemError: AST constructor recursion depth mismatch" when two
+        # threads do that at once (seen in this project's worker threads), so loads are
+        # serialized. A load from memory is short next to the store's file I/O.
+        with _NPY_HEADER_LOCK, np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise CorruptFileError(f"corrupt store file {path}: unreadable .npz ({error})") from error
