@@ -1,9 +1,9 @@
 """Latency of one message hop through `RabbitMQTransport` against plain aio-pika.
 
 One hop is the time from just before the publish call to the entry of the
-consumer's handler, for a persistent message on a durable queue bound to a
-topic exchange, published with publisher confirms and `mandatory`, consumed
-with manual acks. The same setup is built twice in this process, on two
+consumer's handler. The message is persistent, on a durable queue bound to
+a topic exchange, published with publisher confirms and `mandatory`, and
+consumed with manual acks. The same setup is built twice in this process, on two
 connections: once through `RabbitMQTransport` (publish + consume with a
 handler) and once with plain aio-pika calls. Samples alternate between the
 two, one hop at a time, for a 64 KiB and a 4 MiB body. Usage:
@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import machine_line  # noqa: E402
+from machine import machine_line
 
-from mpnn_async.transport import open_transport  # noqa: E402
-from mpnn_async.transport.base import Delivery, Outgoing  # noqa: E402
+from mpnn_async.transport import open_transport
+from mpnn_async.transport.base import Delivery, Outgoing
 
 SIZES = {"64 KiB": 64 << 10, "4 MiB": 4 << 20}
 PREFETCH = 256

@@ -26,7 +26,7 @@ def _ram_gib() -> float:
 
 def machine_line() -> str:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"machine: {now}, {_cpu_model()}, {os.cpu_count()} cores, {_ram_gib():.0f} GiB RAM, "
         f"load average {load}, Python {platform.python_version()}, NumPy {np.__version__}"

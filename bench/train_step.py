@@ -10,10 +10,10 @@ micro-batches of 128 rows, 4 in flight:
   RabbitMQ, with two `mpnn worker` processes (partitions a and b), for two
   plans: `layers` (a owns layer 1, b owns layers 2 and 3) and `even` (every
   layer split evenly between a and b);
-- the bytes and messages of each distributed step: counted on the
-  scheduler's side by wrapping its transport, and computed from the plan for
-  the blocks that workers send each other; against the minimum the plan
-  implies (`Plan.boundary_traffic()`, array payloads only);
+- the bytes and messages of each distributed step, against the minimum
+  that the plan implies (`Plan.boundary_traffic()`, array payloads only).
+  The scheduler's messages are counted by wrapping its transport, and the
+  blocks that workers send each other are computed from the plan;
 - how long each partition is busy per step (its forward and backward
   products and its optimizer update, timed in this process), so the idle
   fraction can be set against the GPipe bubble (K-1)/(M+K-1);
@@ -48,20 +48,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import machine_line, read_proc_status_kib  # noqa: E402
+from machine import machine_line, read_proc_status_kib
 
-from mpnn_async.data import Dataset  # noqa: E402
-from mpnn_async.data.batching import epoch_batches, split_micro_batches  # noqa: E402
-from mpnn_async.model import kernels  # noqa: E402
-from mpnn_async.model.optim import apply_update  # noqa: E402
-from mpnn_async.model.reference import ReferenceTrainer  # noqa: E402
-from mpnn_async.runtime.job import JobSpec  # noqa: E402
-from mpnn_async.runtime.progress import ProgressEvent  # noqa: E402
-from mpnn_async.runtime.scheduler import JobRunner  # noqa: E402
-from mpnn_async.store import Store  # noqa: E402
-from mpnn_async.transport import open_transport  # noqa: E402
-from mpnn_async.transport.base import Delivery, Outgoing  # noqa: E402
-from mpnn_async.wire import BlockHeader, MessageKind, encode_block, is_data_frame  # noqa: E402
+from mpnn_async.data import Dataset
+from mpnn_async.data.batching import epoch_batches, split_micro_batches
+from mpnn_async.model import kernels
+from mpnn_async.model.optim import apply_update
+from mpnn_async.model.reference import ReferenceTrainer
+from mpnn_async.runtime.job import JobSpec
+from mpnn_async.runtime.progress import ProgressEvent
+from mpnn_async.runtime.scheduler import JobRunner
+from mpnn_async.store import Store
+from mpnn_async.transport import open_transport
+from mpnn_async.transport.base import Delivery, Outgoing
+from mpnn_async.wire import BlockHeader, MessageKind, encode_block, is_data_frame
 
 WIDTHS = (784, 4096, 4096, 10)
 BATCH_ROWS = 512
@@ -165,21 +165,66 @@ class CountingTransport:
         return await self.inner.consume(full_name, counted, prefetch=prefetch)
 
 
+def broker_pid() -> int | None:
+    """Return the pid of the local RabbitMQ node (beam.smp), to read its CPU time; None if not found."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def wait_for_line(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {text!r} in {path}")
+
+
+def start_py_spy(py_spy: str, pid: int, output: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [py_spy, "record", "--nonblocking", "--rate", "200", "--format", "raw", "-o", str(output), "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_py_spy(path: Path, top: int = 10) -> list[str]:
+    """Return the `top` innermost frames by share of the samples in a py-spy raw (collapsed) file."""
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = stack.split(";")[-1]
+        leaves[frame] = leaves.get(frame, 0) + int(count)
+        total += int(count)
+    ranked = sorted(leaves.items(), key=lambda item: -item[1])[:top]
+    return [f"      {count / total:6.1%}  {frame}" for frame, count in ranked]
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def reference_step_times(job: JobSpec, dataset: Dataset, steps: int) -> list[float]:
+def reference_step_times(job: JobSpec, dataset: Dataset, steps: int) -> tuple[list[float], float]:
+    """Return the wall time of each timed step and the mean CPU seconds per step of this process."""
     trainer = ReferenceTrainer(job.model, job.optimizer)
     batches = epoch_batches(dataset.x_train.shape[0], BATCH_ROWS, seed=0, epoch=0)
     parts = split_micro_batches(BATCH_ROWS, MICRO_BATCH_ROWS)
     times = []
-    for indices in batches[: WARM_UP_STEPS + steps]:
+    cpu_started = 0.0
+    for index, indices in enumerate(batches[: WARM_UP_STEPS + steps]):
+        if index == WARM_UP_STEPS:
+            cpu_started = time.process_time()
         started = time.perf_counter()
         trainer.train_step(dataset.x_train[indices], dataset.y_train[indices], parts)
         times.append(time.perf_counter() - started)
-    return times[WARM_UP_STEPS:]
+    return times[WARM_UP_STEPS:], (time.process_time() - cpu_started) / steps
 
 
 def partition_busy_s(plan: Any, partition: str, optimizer: Any, repeats: int = 3) -> tuple[float, float]:
@@ -227,6 +272,41 @@ def block_header_bytes(plan: Any, job: str) -> int:
     return len(encode_block(header, array)) - array.nbytes
 
 
+def time_phases(runner: JobRunner) -> dict[str, list[float]]:
+    """Time the scheduler's sequential phases of each step by wrapping the runner's methods.
+
+    `step` is the whole `_run_step`, `apply` its wait from `step.apply` to every
+    `step.done`, and `progress` the per-step progress record (a store write
+    with fsync) and event. The lists hold one entry per step, in order.
+    """
+    phases: dict[str, list[float]] = {"step": [], "apply": [], "progress": []}
+    run_step, publish_progress, wait = runner._run_step, runner._publish_progress, runner.channel.wait
+
+    async def timed_run_step(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = await run_step(*args, **kwargs)
+        phases["step"].append(time.perf_counter() - started)
+        return result
+
+    async def timed_publish_progress(event: ProgressEvent) -> None:
+        started = time.perf_counter()
+        await publish_progress(event)
+        if event.accuracy is None and event.state == "running":
+            phases["progress"].append(time.perf_counter() - started)
+
+    async def timed_wait(key: tuple[Any, ...], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = await wait(key, *args, **kwargs)
+        if key[0] == "step_done":
+            phases["apply"].append(time.perf_counter() - started)
+        return result
+
+    runner._run_step = timed_run_step  # type: ignore[method-assign]
+    runner._publish_progress = timed_publish_progress  # type: ignore[method-assign]
+    runner.channel.wait = timed_wait  # type: ignore[method-assign]
+    return phases
+
+
 def start_workers(workdir: Path, env: dict[str, str], label: str) -> list[subprocess.Popen[bytes]]:
     processes = []
     for partition in ("a", "b"):
@@ -253,25 +333,43 @@ def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def run_distributed(
-    label: str, steps: int, transport: Any, store: Store, dataset: Dataset, workdir: Path, env: dict[str, str]
+    label: str, steps: int, transport: Any, store: Store, dataset: Dataset, workdir: Path, env: dict[str, str],
+    py_spy: str | None,
 ) -> dict[str, Any]:
     total_steps = WARM_UP_STEPS + steps + 1
     job = JobSpec.from_dict(job_document(f"bench-{label}", PLANS[label], total_steps))
     counting = CountingTransport(transport)
     marks: dict[int, tuple[float, dict[str, tuple[int, int]], dict[int, float]]] = {}
     processes = start_workers(workdir, env, label)
+    for partition in ("a", "b"):
+        wait_for_line(workdir / f"worker-{label}-{partition}.log", "worker.started", 60)
+    idle_kib = {name: read_proc_status_kib(p.pid, "VmRSS") for name, p in zip("ab", processes)}
     pids = [process.pid for process in processes]
+    beam = broker_pid()
+    watched = pids + [os.getpid()] + ([beam] if beam is not None else [])
+    step_peak_kib: dict[str, int] = {}
+    profilers: list[subprocess.Popen[bytes]] = []
+    profiled = {"a": pids[0], "b": pids[1], "scheduler": os.getpid()}
 
     def on_progress(event: ProgressEvent) -> None:
         if event.accuracy is None and event.state == "running":
-            cpu = {pid: cpu_seconds(pid) for pid in pids}
+            cpu = {pid: cpu_seconds(pid) for pid in watched}
             marks[event.step] = (time.perf_counter(), counting.snapshot(), cpu)
+            if event.step == WARM_UP_STEPS + steps:
+                step_peak_kib.update({name: read_proc_status_kib(pid, "VmHWM") for name, pid in zip("ab", pids)})
+            if py_spy and event.step == WARM_UP_STEPS:
+                for name, pid in profiled.items():
+                    profilers.append(start_py_spy(py_spy, pid, workdir / f"py-spy-{label}-{name}.txt"))
 
     try:
         runner = JobRunner(job=job, transport=counting, store=store, dataset=dataset, on_progress=on_progress)
+        phases = time_phases(runner)
         await runner.run()
         peak_kib = {name: read_proc_status_kib(p.pid, "VmHWM") for name, p in zip("ab", processes)}
     finally:
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=30)
         stop_workers(processes)
     first, last = WARM_UP_STEPS, WARM_UP_STEPS + steps
     times = [marks[s][0] - marks[s - 1][0] for s in range(first + 1, last + 1)]
@@ -281,8 +379,14 @@ async def run_distributed(
         for key in after
     }
     window_s = marks[last][0] - marks[first][0]
-    cpu = {name: (marks[last][2][pid] - marks[first][2][pid]) / steps for name, pid in zip("ab", pids)}
-    return {"job": job, "times": times, "traffic": traffic, "peak_kib": peak_kib, "cpu_s": cpu, "window_s": window_s}
+    names = ["a", "b", "scheduler"] + (["broker"] if beam is not None else [])
+    cpu = {name: (marks[last][2][pid] - marks[first][2][pid]) / steps for name, pid in zip(names, watched)}
+    profiles = {name: workdir / f"py-spy-{label}-{name}.txt" for name in profiled} if py_spy else {}
+    return {
+        "job": job, "times": times, "traffic": traffic, "peak_kib": peak_kib, "idle_kib": idle_kib, "step_peak_kib": step_peak_kib,
+        "cpu_s": cpu, "window_s": window_s, "profiles": profiles,
+        "phases": {name: float(np.median(values[first:last])) for name, values in phases.items()},
+    }
 
 
 def report_traffic(label: str, job: JobSpec, result: dict[str, Any]) -> None:
@@ -291,7 +395,7 @@ def report_traffic(label: str, job: JobSpec, result: dict[str, Any]) -> None:
     minimum = sum((b.forward_bytes_per_row + b.backward_bytes_per_row) * BATCH_ROWS for b in boundaries)
     micro_batches = BATCH_ROWS // MICRO_BATCH_ROWS
     header = block_header_bytes(plan, job.name)
-    # Worker-to-worker blocks: the boundaries between layers 1..L-1, which the scheduler never sees.
+    # Worker-to-worker blocks: the boundaries between layers 1..L-1, which never reach the scheduler.
     inner = [b for b in boundaries if 0 < b.lower < plan.depth]
     inner_messages = sum(b.forward_messages + b.backward_messages for b in inner) * micro_batches
     inner_bytes = sum((b.forward_bytes_per_row + b.backward_bytes_per_row) * BATCH_ROWS for b in inner)
@@ -317,13 +421,17 @@ def report_memory(label: str, job: JobSpec, result: dict[str, Any]) -> None:
         cost = plan.partition_cost(partition, optimizer="adam")
         expected = cost.memory_bytes(rows_in_flight=IN_FLIGHT * MICRO_BATCH_ROWS)
         peak = result["peak_kib"][partition] * 1024
-        print(f"  worker {partition} ({label}): peak RSS {peak / 2**20:,.0f} MiB, plan estimate "
+        idle = result["idle_kib"][partition] / 1024
+        during = result["step_peak_kib"][partition] / 1024
+        print(f"  worker {partition} ({label}): RSS before the job {idle:,.0f} MiB, peak RSS {during:,.0f} MiB "
+              f"up to the last timed step, {peak / 2**20:,.0f} MiB after the final persist; plan estimate "
               f"{expected / 2**20:,.0f} MiB (state {cost.state_bytes / 2**20:,.0f} + activations "
               f"{IN_FLIGHT * MICRO_BATCH_ROWS * cost.activation_bytes_per_row / 2**20:,.0f}), "
-              f"ratio {peak / expected:.2f} (target <= 1.3)")
+              f"ratio {peak / expected:.2f} (target <= 1.3); without the idle process "
+              f"{(peak - idle * 2**20) / expected:.2f}")
 
 
-def report_bubble(label: str, job: JobSpec, result: dict[str, Any], step_s: float) -> None:
+def report_bubble(label: str, job: JobSpec, result: dict[str, Any], step_s: float, local_cpu_s: float) -> None:
     plan = job.build_plan()
     micro_batches = BATCH_ROWS // MICRO_BATCH_ROWS
     stages = []
@@ -334,6 +442,18 @@ def report_bubble(label: str, job: JobSpec, result: dict[str, Any], step_s: floa
         print(f"  partition {partition} ({label}): busy {busy * 1000:.0f} ms/step "
               f"(fwd+bwd {compute_s * 1000:.0f}, adam {update_s * 1000:.0f}), idle {1 - busy / step_s:.0%} "
               f"of the {step_s * 1000:.0f} ms step; worker CPU {result['cpu_s'][partition] * 1000:.0f} ms/step")
+    phases = result["phases"]
+    print(f"  scheduler phases (median ms/step): forward and backward of all micro-batches "
+          f"{(phases['step'] - phases['apply']) * 1000:.0f}, step.apply to every step.done {phases['apply'] * 1000:.0f}, "
+          f"progress record and event {phases['progress'] * 1000:.0f}")
+    cpu = result["cpu_s"]
+    print(f"  CPU per step: a {cpu['a'] * 1000:.0f} ms, b {cpu['b'] * 1000:.0f} ms, scheduler "
+          f"{cpu['scheduler'] * 1000:.0f} ms, broker {cpu.get('broker', float('nan')) * 1000:.0f} ms; "
+          f"total {sum(cpu.values()) * 1000:.0f} ms = {sum(cpu.values()) / local_cpu_s:.2f} x the one-process CPU")
+    for name, path in result["profiles"].items():
+        if path.exists():
+            print(f"  py-spy, {name} ({label}): innermost frames by share of samples, {path}")
+            print("\n".join(summarize_py_spy(path)))
     if label == "layers":
         k = 2
         ideal = sum(stages) + (micro_batches - 1) * max(stages)
@@ -348,6 +468,7 @@ async def main() -> None:
     parser.add_argument("--broker", default=os.environ.get("MPNN_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--plans", default="layers,even")
+    parser.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the workers and this process during the timed steps")
     args = parser.parse_args()
 
     labels = args.plans.split(",")
@@ -361,21 +482,22 @@ async def main() -> None:
     print(f"model: {'-'.join(map(str, WIDTHS))} float32, adam, batch {BATCH_ROWS}, micro-batch "
           f"{MICRO_BATCH_ROWS}, in flight {IN_FLIGHT}, {args.steps} timed steps after {WARM_UP_STEPS} warm-up; "
           f"broker {namespace}; logs {workdir}")
-    reference = reference_step_times(JobSpec.from_dict(job_document("ref", PLANS["layers"], total_steps)), dataset, args.steps)
+    reference_job = JobSpec.from_dict(job_document("ref", PLANS["layers"], total_steps))
+    reference, local_cpu_s = reference_step_times(reference_job, dataset, args.steps)
     local_s = float(np.median(reference))
     print(f"one process (ReferenceTrainer.train_step): median {local_s * 1000:.0f} ms/step "
-          f"(min {min(reference) * 1000:.0f}, max {max(reference) * 1000:.0f})")
+          f"(min {min(reference) * 1000:.0f}, max {max(reference) * 1000:.0f}), CPU {local_cpu_s * 1000:.0f} ms/step")
     transport = await open_transport(args.broker, namespace=namespace, max_message_bytes=128 << 20)
     results = {}
     try:
         for label in labels:
-            result = await run_distributed(label, args.steps, transport, store, dataset, workdir, env)
+            result = await run_distributed(label, args.steps, transport, store, dataset, workdir, env, args.py_spy)
             results[label] = result
             step_s = float(np.median(result["times"]))
             print(f"distributed {label}: median {step_s * 1000:.0f} ms/step (min {min(result['times']) * 1000:.0f}, "
                   f"max {max(result['times']) * 1000:.0f}); ratio to one process {step_s / local_s:.2f} "
-                  f"(target <= {TARGETS[label]})")
-            report_bubble(label, result["job"], result, step_s)
+                  f"(target <= {TARGETS[label]}), of the minimums {min(result['times']) / min(reference):.2f}")
+            report_bubble(label, result["job"], result, step_s, local_cpu_s)
             report_traffic(label, result["job"], result)
             report_memory(label, result["job"], result)
     finally:
@@ -383,6 +505,10 @@ async def main() -> None:
             await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
+    # Run again after the distributed runs, so a change of machine load between them shows.
+    again, _ = reference_step_times(reference_job, dataset, args.steps)
+    print(f"one process again: median {float(np.median(again)) * 1000:.0f} ms/step "
+          f"(min {min(again) * 1000:.0f}, max {max(again) * 1000:.0f})")
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
