@@ -33,8 +33,16 @@ from mpnn_async.runtime.protocol import (
     partition_routing_key,
     scheduler_routing_key,
 )
+from mpnn_async.runtime.waiters import Waiters
 from mpnn_async.transport.base import Delivery, Outgoing, Transport
-from mpnn_async.wire import BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
+from mpnn_async.wire import (
+    BlockHeader,
+    CodecError,
+    MessageKind,
+    decode_block,
+    encode_block,
+    is_data_frame,
+)
 
 __all__ = ["JobChannel", "JobFailedError", "RecoveryNeeded", "SCHEDULER"]
 
@@ -79,7 +87,7 @@ class JobChannel:
         # Partition name -> id of the worker that last reported it ready.
         self.workers: dict[str, str] = {}
         self._failure: asyncio.Future[None] | None = None
-        self._waiters: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._waiters = Waiters()
         self._outputs: dict[tuple[Any, ...], Gather] = {}
         self._reported: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tags: list[str] = []
@@ -176,7 +184,7 @@ class JobChannel:
         Raises JobFailedError if a partition reported failure, and on timeout
         or lost workers RecoveryNeeded (or JobFailedError if not `recoverable`).
         """
-        future = self._future(key)
+        future = self._waiters.get(key)
         assert self._failure is not None
         deadline = time.monotonic() + timeout_s
         try:
@@ -202,7 +210,7 @@ class JobChannel:
                         raise RecoveryNeeded(problem)
                     raise JobFailedError(f"job {self.job}: {problem}")
         finally:
-            self._waiters.pop(key, None)
+            self._waiters.discard(key)
             self._reported.pop(key, None)
 
     def _missing(self, key: tuple[Any, ...]) -> str:
@@ -244,9 +252,7 @@ class JobChannel:
 
     def forget_generation(self) -> None:
         """Drop every pending wait and gather of the current generation (before a rollback)."""
-        for future in self._waiters.values():
-            future.cancel()
-        self._waiters.clear()
+        self._waiters.cancel_all()
         self._outputs.clear()
         self._reported.clear()
 
@@ -295,7 +301,7 @@ class JobChannel:
             return
         gather.add(header.source, array)
         if gather.is_complete:
-            self._resolve(key, gather)
+            self._waiters.resolve(key, gather)
 
     def _on_control(self, kind: ControlType, payload: dict[str, Any]) -> None:
         if payload.get("job") != self.job:
@@ -327,16 +333,4 @@ class JobChannel:
         reported = self._reported.setdefault(key, {})
         reported[partition] = payload
         if set(reported) >= expected:
-            self._resolve(key, dict(reported))
-
-    def _future(self, key: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future = self._waiters.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiters[key] = future
-        return future
-
-    def _resolve(self, key: tuple[Any, ...], value: Any) -> None:
-        future = self._future(key)
-        if not future.done():
-            future.set_result(value)
+            self._waiters.resolve(key, dict(reported))

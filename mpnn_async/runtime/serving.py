@@ -37,6 +37,7 @@ from mpnn_async.runtime.protocol import (
     partition_routing_key,
     scheduler_routing_key,
 )
+from mpnn_async.runtime.waiters import Waiters
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport.base import Delivery, Outgoing, Transport, UnroutableError
 from mpnn_async.wire import (
@@ -110,7 +111,7 @@ class InferenceServer:
         self._wakeup = asyncio.Event()
         self._batcher: asyncio.Task[None] | None = None
         self._request_tag: str | None = None
-        self._waiters: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._waiters = Waiters()
         self._outputs: dict[tuple[str, int], Gather] = {}
         # Per serving job: partitions that reported ready, and all it needs.
         self._ready: dict[str, set[str]] = {}
@@ -172,7 +173,7 @@ class InferenceServer:
         job.consumer_tag = await self.transport.consume(job.queue, self._on_reply, prefetch=512)
         self._ready[job.name] = set()
         self._expected_partitions[job.name] = set(plan.partitions)
-        ready = self._future(("ready", job.name))
+        ready = self._waiters.get(("ready", job.name))
         body = control(
             ControlType.JOB_START,
             job=job.name,
@@ -206,7 +207,7 @@ class InferenceServer:
         await self.transport.delete_queue(job.queue)
         self._ready.pop(job.name, None)
         self._expected_partitions.pop(job.name, None)
-        self._waiters.pop(("ready", job.name), None)
+        self._waiters.discard(("ready", job.name))
 
     # -- requests ----------------------------------------------------------------------
 
@@ -373,7 +374,7 @@ class InferenceServer:
         micro_batch = self._micro_batch
         key = (job.name, micro_batch)
         self._outputs[key] = Gather(expected=tuple(plan.owners(depth)))
-        done = self._future(("output",) + key)
+        done = self._waiters.get(("output",) + key)
         try:
             await self.transport.publish_many(
                 Outgoing(
@@ -392,7 +393,7 @@ class InferenceServer:
             gather = await done
         finally:
             self._outputs.pop(key, None)
-            self._waiters.pop(("output",) + key, None)
+            self._waiters.discard(("output",) + key)
         outputs = np.empty((inputs.shape[0], plan.spec.width(depth)), dtype=plan.spec.np_dtype)
         for owner, block in gather.blocks.items():
             outputs[:, plan.neurons(owner, depth)] = block
@@ -421,7 +422,7 @@ class InferenceServer:
             return
         gather.add(header.source, block.array)
         if gather.is_complete:
-            self._resolve(("output", header.job, header.micro_batch), gather)
+            self._waiters.resolve(("output", header.job, header.micro_batch), gather)
 
     def _on_control(self, kind: ControlType, payload: dict[str, Any]) -> None:
         job = payload["job"]
@@ -432,22 +433,10 @@ class InferenceServer:
             log.error("serve.partition_failed job=%s partition=%s error=%s", job, payload["partition"], payload["error"])
 
     def _resolve_ready(self, job: str) -> None:
-        future = self._waiters.get(("ready", job))
+        future = self._waiters.peek(("ready", job))
         expected = self._expected_partitions.get(job)
         if future is not None and expected is not None and self._ready[job] >= expected and not future.done():
             future.set_result(None)
-
-    def _future(self, key: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future = self._waiters.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiters[key] = future
-        return future
-
-    def _resolve(self, key: tuple[Any, ...], value: Any) -> None:
-        future = self._waiters.get(key)
-        if future is not None and not future.done():
-            future.set_result(value)
 
 
 class InvalidRequest(MpnnError):
