@@ -310,13 +310,14 @@ def time_phases(runner: JobRunner) -> dict[str, list[float]]:
 def start_workers(workdir: Path, env: dict[str, str], label: str) -> list[subprocess.Popen[bytes]]:
     processes = []
     for partition in ("a", "b"):
-        log = open(workdir / f"worker-{label}-{partition}.log", "wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+        # The child keeps its own copy of the log's file descriptor.
+        with open(workdir / f"worker-{label}-{partition}.log", "wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
             )
-        )
     return processes
 
 
@@ -468,6 +469,10 @@ async def main() -> None:
     parser.add_argument("--broker", default=os.environ.get("MPNN_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--plans", default="layers,even")
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the worker processes only, such as OPENBLAS_NUM_THREADS=1; repeatable",
+    )
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the workers and this process during the timed steps")
     args = parser.parse_args()
 
@@ -478,10 +483,15 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mpnn-bench-train-"))
     store = Store.open(workdir / "store", create=True)
     env = dict(os.environ, MPNN_BROKER_URL=args.broker, MPNN_NAMESPACE=namespace, MPNN_STORE=str(workdir / "store"))
+    for setting in args.worker_env:
+        name, separator, value = setting.partition("=")
+        if not separator or not name:
+            parser.error(f"--worker-env {setting!r}: expected NAME=VALUE, such as OPENBLAS_NUM_THREADS=1")
+        env[name] = value
     print(machine_line())
     print(f"model: {'-'.join(map(str, WIDTHS))} float32, adam, batch {BATCH_ROWS}, micro-batch "
           f"{MICRO_BATCH_ROWS}, in flight {IN_FLIGHT}, {args.steps} timed steps after {WARM_UP_STEPS} warm-up; "
-          f"broker {namespace}; logs {workdir}")
+          f"broker {namespace}; logs {workdir}; worker environment {args.worker_env or 'unchanged'}")
     reference_job = JobSpec.from_dict(job_document("ref", PLANS["layers"], total_steps))
     reference, local_cpu_s = reference_step_times(reference_job, dataset, args.steps)
     local_s = float(np.median(reference))
