@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -515,6 +516,8 @@ async def main() -> None:
             await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
+        # The store holds hundreds of MB of weights; the logs and profiles stay for reading.
+        shutil.rmtree(workdir / "store", ignore_errors=True)
     # Run again after the distributed runs, so a change of machine load between them shows.
     again, _ = reference_step_times(reference_job, dataset, args.steps)
     print(f"one process again: median {float(np.median(again)) * 1000:.0f} ms/step "
