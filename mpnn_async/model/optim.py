@@ -150,8 +150,12 @@ def apply_update(
 
     if spec.kind is not OptimizerKind.ADAM:
         raise AssertionError(f"no update rule for {spec.kind!r}")
-    exp_avg = state.setdefault("exp_avg", np.zeros_like(parameter))
-    exp_avg_sq = state.setdefault("exp_avg_sq", np.zeros_like(parameter))
+    # Created only on first use: setdefault would allocate a parameter-sized array every step.
+    if "exp_avg" not in state:
+        state["exp_avg"] = np.zeros_like(parameter)
+        state["exp_avg_sq"] = np.zeros_like(parameter)
+    exp_avg = state["exp_avg"]
+    exp_avg_sq = state["exp_avg_sq"]
     beta1 = dtype.type(spec.beta1)
     beta2 = dtype.type(spec.beta2)
     exp_avg *= beta1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import logging
 import os
@@ -199,6 +200,17 @@ class Worker:
             await self._dead_letter(delivery, str(error.reason), str(error), partition)
         except RejectedBlock as error:
             await self._dead_letter(delivery, str(error.reason), error.detail, partition)
+        except TransportError as error:
+            # The message is fine; the broker went away while handling it, so it goes
+            # back to its queue instead of the dead-letter queue. A computation whose
+            # results were lost is redone after the job's rollback.
+            log.warning(
+                "worker.handler_interrupted worker=%s partition=%s routing_key=%s error=%s",
+                self.worker_id, partition, delivery.routing_key, error,
+            )
+            if not delivery.is_settled:
+                with contextlib.suppress(TransportError):
+                    await delivery.requeue()
         except Exception as error:  # noqa: BLE001 - a worker must survive any one message
             log.error(
                 "worker.handler_failed worker=%s partition=%s error=%r",
