@@ -143,8 +143,8 @@ class Worker:
         """Publish a heartbeat every `heartbeat_s`, and check that the partition queues exist.
 
         A deleted queue cancels its consumer on the broker without an error
-        reaching aio-pika's robust consumer, which would leave the worker idle
-        for ever; finding the queue gone is fatal instead.
+        reaching aio-pika's robust consumer, so the worker would sit idle for
+        ever. Finding the queue gone is fatal instead.
         """
         body = control(
             ControlType.HEARTBEAT,
@@ -357,15 +357,8 @@ class Worker:
                 job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
             )
             return
-        held = job.max_held_blocks(payload["in_flight"])
-        if held >= self.prefetch:
-            # NOTE: past this bound a gather could wait for a block that the broker
-            # will not deliver until an unacknowledged one is settled: a deadlock.
-            problem = (
-                f"partition {partition!r} may hold {held} unacknowledged blocks with "
-                f"job.in_flight = {payload['in_flight']}, but the worker's prefetch is "
-                f"{self.prefetch}; lower job.in_flight or start the worker with a larger --prefetch"
-            )
+        problem = self._prefetch_problem(job, payload["in_flight"])
+        if problem:
             log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, problem)
             await self._publish_control(
                 job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=problem
@@ -377,6 +370,19 @@ class Worker:
             job_name, partition, job.step, job.version, job.generation,
         )
         await self._publish_ready(partition, job)
+
+    def _prefetch_problem(self, job: PartitionJob, in_flight: int) -> str:
+        """Return why this worker's prefetch is too small for the job, or an empty string."""
+        held = job.max_held_blocks(in_flight)
+        if held < self.prefetch:
+            return ""
+        # NOTE: past this bound a gather could wait for a block that the broker
+        # will not deliver until an unacknowledged one is settled: a deadlock.
+        return (
+            f"partition {job.partition!r} may hold {held} unacknowledged blocks with "
+            f"job.in_flight = {in_flight}, but the worker's prefetch is "
+            f"{self.prefetch}; lower job.in_flight or start the worker with a larger --prefetch"
+        )
 
     async def _publish_ready(self, partition: str, job: PartitionJob) -> None:
         await self._publish_control(
