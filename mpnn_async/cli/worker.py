@@ -21,6 +21,9 @@ from mpnn_async.transport import open_transport
 
 log = logging.getLogger(__name__)
 
+# Exit even if the broker does not answer the connection close in time.
+_CLOSE_TIMEOUT_S = 10.0
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -97,5 +100,8 @@ async def _serve(
         await worker.stop(timeout_s=settings.shutdown_timeout_s)
     finally:
         await exporter.stop()
-        await transport.close()
+        try:
+            await asyncio.wait_for(transport.close(), _CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("worker.close_timeout timeout_s=%.0f", _CLOSE_TIMEOUT_S)
     return worker.fatal_reason

@@ -32,6 +32,10 @@ __all__ = ["Worker", "WorkerState"]
 
 log = logging.getLogger(__name__)
 
+# A consumer cancel that takes longer than this is abandoned during shutdown;
+# closing the connection then returns its unacknowledged messages to the queue.
+_CANCEL_TIMEOUT_S = 5.0
+
 
 class WorkerState(enum.Enum):
     CREATED = "created"
@@ -119,8 +123,12 @@ class Worker:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         for tag in self._consumer_tags:
-            await self.transport.cancel(tag)
+            try:
+                await asyncio.wait_for(self.transport.cancel(tag), _CANCEL_TIMEOUT_S)
+            except (asyncio.TimeoutError, TransportError) as error:
+                log.warning("worker.cancel_failed worker=%s tag=%s error=%r", self.worker_id, tag, error)
         self._consumer_tags.clear()
+        log.debug("worker.consumers_cancelled worker=%s busy=%d", self.worker_id, self._busy)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except asyncio.TimeoutError:

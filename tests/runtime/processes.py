@@ -58,7 +58,8 @@ class Daemons:
     def worker(self, partition: str, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
         name = name or f"worker-{partition}"
         self.partitions[name] = partition
-        return self.start(name, "worker", "--partition", partition, *extra)
+        # A short drain bounds how long a test waits for the worker to stop.
+        return self.start(name, "worker", "--partition", partition, "--shutdown-timeout", "10", *extra)
 
     def kill(self, name: str) -> int:
         """SIGKILL a daemon and return its exit status (-9)."""
@@ -79,7 +80,7 @@ class Daemons:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop(self, name: str, *, timeout_s: float = 30) -> int:
+    def stop(self, name: str, *, timeout_s: float = 45) -> int:
         process = self.processes[name]
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
