@@ -92,7 +92,17 @@ class Daemons:
             raise AssertionError(f"{name} did not exit within {timeout_s} s of SIGTERM:\n{self.log(name)}")
 
     def stop_all(self) -> dict[str, int]:
-        return {name: self.stop(name) for name in list(self.processes)}
+        """Stop every daemon, even when one of them fails to stop, then report the failures."""
+        codes: dict[str, int] = {}
+        failures: list[str] = []
+        for name in list(self.processes):
+            try:
+                codes[name] = self.stop(name)
+            except AssertionError as error:
+                failures.append(str(error))
+        if failures:
+            raise AssertionError("\n".join(failures))
+        return codes
 
 
 def wait_until(predicate, *, timeout_s: float, what: str, interval_s: float = 0.1, details=lambda: ""):
