@@ -73,6 +73,7 @@ class Worker:
         self.on_fatal = on_fatal
         self.fatal_reason: str | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeats_stopped = asyncio.Event()
         self._queues: list[str] = []
         self.state = WorkerState.CREATED
         self.counters = {"received": 0, "dead_lettered": 0, "duplicates": 0, "superseded": 0}
@@ -120,8 +121,13 @@ class Worker:
         self.state = WorkerState.DRAINING
         log.info("worker.stopping worker=%s", self.worker_id)
         if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            # The loop is asked to end rather than cancelled: cancelling it inside a
+            # broker round trip (its queue check) could leave that call waiting.
+            self._heartbeats_stopped.set()
+            done, _ = await asyncio.wait({self._heartbeat_task}, timeout=_CANCEL_TIMEOUT_S)
+            if not done:
+                log.warning("worker.heartbeat_stop_timeout worker=%s", self.worker_id)
+                self._heartbeat_task.cancel()
         for tag in self._consumer_tags:
             try:
                 await asyncio.wait_for(self.transport.cancel(tag), _CANCEL_TIMEOUT_S)
@@ -161,7 +167,7 @@ class Worker:
             interval_s=self.heartbeat_s,
         )
         warned = False
-        while True:
+        while not self._heartbeats_stopped.is_set():
             try:
                 await self.transport.publish(
                     Outgoing(HEARTBEATS_ROUTING_KEY, body, persistent=False, mandatory=False)
@@ -176,7 +182,8 @@ class Worker:
                 if not warned:
                     log.warning("worker.heartbeat_failed worker=%s error=%s", self.worker_id, error)
                     warned = True
-            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._heartbeats_stopped.wait(), self.heartbeat_s)
 
     def _fail(self, reason: str) -> None:
         log.error("worker.fatal worker=%s reason=%s", self.worker_id, reason)
