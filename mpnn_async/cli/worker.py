@@ -21,7 +21,7 @@ from mpnn_async.transport import open_transport
 
 log = logging.getLogger(__name__)
 
-# Exit even if the broker does not answer the connection close in time.
+# Exit even if the broker does not confirm the connection close in time.
 _CLOSE_TIMEOUT_S = 10.0
 
 

@@ -194,8 +194,8 @@ class JobChannel:
                     self._failure.result()
                 if future in done:
                     return future.result()
-                # A worker that loaded the job and then went silent holds state that
-                # is gone, even if another worker now serves its partition.
+                # The state of a worker that loaded the job and then went silent is
+                # gone, even if another worker now serves its partition.
                 lost = sorted(p for p, worker in self.workers.items() if self.liveness.is_lost(worker))
                 problem = ""
                 if lost and recoverable:

@@ -27,8 +27,8 @@ class SchedulerService:
 
     A job whose message comes back (its scheduler died, or stopped before the
     job ended) resumes from its last checkpoint in the store, because every
-    job is run with `resume=True`: an unfinished checkpoint of the same job
-    document is continued, anything else starts afresh.
+    job is run with `resume=True`. An unfinished checkpoint of the same job
+    document is continued, and anything else starts afresh.
     """
 
     def __init__(self, *, transport: Transport, store: Store, settings: RuntimeSettings) -> None:

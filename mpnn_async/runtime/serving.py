@@ -1,4 +1,4 @@
-"""The inference server: answers request/reply inference over the partition workers.
+"""The inference server: request/reply inference over the partition workers.
 
 Clients publish an input block (the wire block format, kind `inference`,
 layer 0) with routing key `infer.<model>`, a `reply_to` routing key and a
@@ -440,7 +440,7 @@ class InferenceServer:
 
 
 class InvalidRequest(MpnnError):
-    """A request the server cannot answer; the reason goes back in the error reply."""
+    """A request the server rejects; the reason goes back in the error reply."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

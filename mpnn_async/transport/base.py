@@ -8,7 +8,7 @@ Semantics every implementation keeps (the contract tests in
   that routes every rejected message to the queue `<namespace>.dead`.
 - `publish` is mandatory by default: a message that no queue is bound to
   receive raises `UnroutableError` instead of vanishing (`Outgoing.mandatory`
-  turns this off for messages nobody may be listening for). It returns when the broker has
+  turns this off for messages that may have no consumer). It returns when the broker has
   confirmed the message; callers pipeline by running several publishes
   concurrently (`publish_many`). A body over `max_message_bytes` raises
   `MessageTooLargeError` before anything is sent.
@@ -91,7 +91,7 @@ class Outgoing:
     reply_to: str | None = None
     correlation_id: str | None = None
     # Mandatory messages that match no queue raise UnroutableError. Only messages
-    # that nobody may be listening for (progress events) turn this off.
+    # that may have no consumer (progress events, heartbeats) turn this off.
     mandatory: bool = True
 
 

@@ -380,7 +380,7 @@ class RabbitMQTransport(Transport):
         *,
         mandatory: bool = True,
     ) -> None:
-        """Publish (mandatory unless told otherwise) and wait for the confirm, across a reconnection."""
+        """Publish (mandatory by default) and wait for the confirm, across a reconnection."""
         publisher = self._require_open(self._publisher)
         timeout_s = self.settings.publish_timeout_s
         try:
