@@ -22,7 +22,7 @@ from mpnn_async.model.optim import OptimizerSpec, apply_update
 from mpnn_async.model.spec import NetworkSpec
 from mpnn_async.runtime.gather import Gather, OrderedAccumulator
 from mpnn_async.runtime.protocol import Rejection
-from mpnn_async.wire import BlockHeader, MessageKind
+from mpnn_async.wire import SCHEDULER, BlockHeader, MessageKind
 
 __all__ = ["Admission", "GatherKey", "PartitionJob", "Send", "ComputeResult", "SCHEDULER"]
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 # Completed inference gathers remembered for duplicate detection.
 _INFERENCE_WINDOW = 4096
 
-SCHEDULER = "scheduler"
 
 # (kind of the blocks, step, micro-batch, layer of the blocks)
 GatherKey = tuple[MessageKind, int, int, int]

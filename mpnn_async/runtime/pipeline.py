@@ -36,6 +36,7 @@ from mpnn_async.runtime.protocol import (
 from mpnn_async.runtime.waiters import Waiters
 from mpnn_async.transport.base import Delivery, Outgoing, Transport
 from mpnn_async.wire import (
+    SCHEDULER,
     BlockHeader,
     CodecError,
     MessageKind,
@@ -48,7 +49,6 @@ __all__ = ["JobChannel", "JobFailedError", "RecoveryNeeded", "SCHEDULER"]
 
 log = logging.getLogger(__name__)
 
-SCHEDULER = "scheduler"
 # How often a wait wakes up to check heartbeats and failures.
 _POLL_S = 0.2
 

@@ -16,7 +16,7 @@ import numpy as np
 from mpnn_async.errors import ConfigError, StoreError
 from mpnn_async.model.optim import OptimizerSpec
 from mpnn_async.model.reference import Parameters
-from mpnn_async.planning import Plan
+from mpnn_async.planning import Plan, assemble_parameters
 from mpnn_async.runtime import snapshots
 from mpnn_async.runtime.partition import PartitionJob
 from mpnn_async.store import ModelStore
@@ -110,7 +110,7 @@ def _previous_layout(
     steps = {int(v.meta["step"]) for v in versions.values()}
     if len(steps) != 1:
         raise StoreError(f"partitions of model {model_store.model!r} are at different steps")
-    return _assemble(old_plan, versions)[0], _assemble_state(old_plan, versions), steps.pop()
+    return _assemble(old_plan, versions), _assemble_state(old_plan, versions), steps.pop()
 
 
 def _partition_arrays(
@@ -131,19 +131,16 @@ def _partition_arrays(
     return arrays
 
 
-def _assemble(plan: Plan, versions: Mapping[str, Any]) -> tuple[Parameters, None]:
-    parameters: Parameters = []
-    dtype = plan.spec.np_dtype
-    for layer in range(1, plan.spec.depth + 1):
-        weights = np.empty(plan.spec.weight_shape(layer), dtype=dtype)
-        biases = np.empty(plan.spec.width(layer), dtype=dtype)
-        for partition in plan.owners(layer):
-            rows = plan.neurons(partition, layer)
-            arrays = versions[partition].arrays
-            weights[rows] = arrays[f"W{layer}"]
-            biases[rows] = arrays[f"b{layer}"]
-        parameters.append((weights, biases))
-    return parameters, None
+def _assemble(plan: Plan, versions: Mapping[str, Any]) -> Parameters:
+    """Stitch the stored partition versions of `plan` into whole layers."""
+    slices = {
+        partition: {
+            layer: (versions[partition].arrays[f"W{layer}"], versions[partition].arrays[f"b{layer}"])
+            for layer in plan.layers_of(partition)
+        }
+        for partition in plan.partitions
+    }
+    return assemble_parameters(plan, slices)
 
 
 def _assemble_state(plan: Plan, versions: Mapping[str, Any]) -> dict[str, list[np.ndarray]]:
@@ -173,7 +170,7 @@ def _assemble_state(plan: Plan, versions: Mapping[str, Any]) -> dict[str, list[n
 def load_parameters(model_store: ModelStore, plan: Plan) -> Parameters:
     """Return the whole network's latest stored weights, assembled from every partition."""
     versions = {name: model_store.store.read(model_store.partition_key(name)) for name in plan.partitions}
-    return _assemble(plan, versions)[0]
+    return _assemble(plan, versions)
 
 
 def load_partition_job(
