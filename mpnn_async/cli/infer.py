@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     switch = subparsers.add_parser(
         "switch",
         help="make `mpnn serve` serve another snapshot",
-        description="Tell the server of MODEL to load SNAPSHOT on every partition and then answer "
+        description="Tell the server of MODEL to load SNAPSHOT on every partition and then serve "
         "new requests with it; requests already running finish on the old snapshot.",
     )
     switch.add_argument("model", help="model name being served")

@@ -18,7 +18,7 @@ from mpnn_async.transport import open_transport
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="answer inference requests for a model",
+        help="serve inference requests for a model",
         description="Serve a model's snapshot over the partition workers: take requests from "
         "the queue infer.<model>, batch those that arrive together, reply to each. "
         "`mpnn switch MODEL NAME` changes the snapshot without mixing versions.",

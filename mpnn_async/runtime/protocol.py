@@ -75,10 +75,10 @@ class Rejection(enum.StrEnum):
 
 # Required payload fields of each control type and their Python types.
 #
-# `generation` counts the (re)starts of a job: the scheduler raises it when it
-# rolls every partition back to the last checkpoint after a failure, and every
-# block of the job carries it as its `attempt`, so anything left over from an
-# earlier generation is recognised and dropped.
+# `generation` counts the (re)starts of a job. The scheduler raises it when it
+# rolls every partition back to the last checkpoint after a failure. Every block
+# of the job carries it as its `attempt`, so leftovers of an earlier generation
+# are recognised and dropped.
 _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
     ControlType.JOB_START: {
         "job": str,

@@ -8,9 +8,9 @@ and replies to each request with its rows. Failures get an error reply (a
 JSON control message of type `inference.error`), never silence.
 
 The server serves one named snapshot at a time, as a serving job on the
-workers. `switch` starts a job for the new snapshot, waits until every
-partition loaded it, and only then sends new batches to it; batches already
-in flight finish on the old job. So no request ever mixes two versions.
+workers. `switch` starts a job for the new snapshot and waits until every
+partition has loaded it. Only then do new batches go to it, while batches
+already in flight finish on the old job. So no request mixes two versions.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ def snapshot_partition_key(model_store: ModelStore, name: str, partition: str) -
 def create_snapshot(model_store: ModelStore, name: str) -> dict[str, Any]:
     """Copy every partition's latest version into snapshot `name`; return its manifest.
 
-    Raises InvalidInputError if the snapshot exists, and StoreError if the
-    partitions are not all at the same step of the same plan (a job is still
-    writing them; snapshot after a step that every partition persisted).
+    Raises InvalidInputError if the snapshot exists. Raises StoreError if the
+    partitions are not all at the same step of the same plan, because a job
+    is still writing them; snapshot after a step that every partition persisted.
     """
     store = model_store.store
     if name in list_snapshots(model_store):

@@ -96,7 +96,7 @@ def _previous_layout(
         return None
     if len(plan_ids) != 1:
         raise StoreError(
-            f"model {model_store.model!r} holds partitions of several plans {sorted(plan_ids)}; "
+            f"model {model_store.model!r} contains partitions of several plans {sorted(plan_ids)}; "
             "remove the stale partitions or use a new model name"
         )
     old_plan = Plan.from_dict(model_store.load_plan(plan_ids.pop()))
