@@ -31,6 +31,9 @@ class RuntimeSettings:
     prefetch: int = 256
     shutdown_timeout_s: float = 30.0
     ready_timeout_s: float = 120.0
+    # Threads of the BLAS library in a worker process; None keeps the library's
+    # own default (OpenBLAS: one per core of the host).
+    blas_threads: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -64,8 +67,12 @@ class RuntimeSettings:
         return cls(**values)
 
 
+_KIND_WORDS = {"int": "integer", "float": "number"}
+
+
 def _convert(name: str, value: Any, type_name: Any, source: str) -> Any:
-    kind = str(type_name)
+    # An optional field takes the same values as its plain type; None means "not set".
+    kind = str(type_name).removesuffix(" | None")
     try:
         if kind == "int":
             result: Any = int(value)
@@ -79,7 +86,7 @@ def _convert(name: str, value: Any, type_name: Any, source: str) -> Any:
             result = str(value)
     except (TypeError, ValueError):
         raise ConfigError(source, f"invalid value {redacted(str(value)) if name == 'broker_url' else value!r}",
-                          fix=f"give a positive {kind}") from None
+                          fix=f"give a positive {_KIND_WORDS.get(kind, kind)}") from None
     return result
 
 

@@ -10,6 +10,7 @@ import sys
 from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.errors import ConfigError
+from mpnn_async.ops.blas import limit_blas_threads
 from mpnn_async.planning.naming import validate_partition_names
 from mpnn_async.ops.health import add_check_argument, run_health_check, worker_queues
 from mpnn_async.ops.metrics import MetricsExporter, MetricsOptions, add_metrics_arguments
@@ -48,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         help="seconds to finish running work after SIGTERM (default 30)",
     )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="threads of the BLAS library (NumPy's matrix products) in this process "
+        "(env MPNN_BLAS_THREADS; default: the library's own, one per core); "
+        "give each worker its share of the host's cores",
+    )
     add_check_argument(parser)
     add_metrics_arguments(parser)
     parser.set_defaults(handler=run)
@@ -63,6 +71,8 @@ def run(args: argparse.Namespace) -> ExitCode:
         )
     if args.check:
         return run_health_check(settings, command="worker", queues=worker_queues(args.partitions))
+    # Before the first matrix product, so no product runs with the default pool.
+    limit_blas_threads(settings.blas_threads)
     fatal_reason = asyncio.run(_serve(settings, args.partitions, MetricsOptions.from_args(args)))
     if fatal_reason is not None:
         print(f"mpnn worker: stopped: {fatal_reason}", file=sys.stderr)

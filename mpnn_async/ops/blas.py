@@ -1,0 +1,45 @@
+"""The BLAS thread pool of a worker process, set with threadpoolctl.
+
+NumPy's matrix products run in the BLAS library's own thread pool, one
+thread per core by default. Several workers on one host then run more BLAS
+threads than there are cores, and OpenBLAS threads keep spinning on a core
+for a while after each product, taking it from the other workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+__all__ = ["blas_pools", "limit_blas_threads"]
+
+log = logging.getLogger(__name__)
+
+
+def blas_pools() -> list[dict[str, Any]]:
+    """Return threadpoolctl's description of each BLAS library loaded in this process."""
+    return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
+def limit_blas_threads(threads: int | None) -> list[dict[str, Any]]:
+    """Set every loaded BLAS library to `threads` threads, or leave it alone for None.
+
+    The limit lasts for the life of the process. Logs and returns the pools as
+    threadpoolctl reads them back after the change.
+    """
+    if threads is not None:
+        threadpool_limits(limits=threads, user_api="blas")
+    pools = blas_pools()
+    if not pools:
+        log.warning("blas.not_found requested=%s", "default" if threads is None else threads)
+    for pool in pools:
+        log.info(
+            "blas.threads library=%s version=%s threads=%d requested=%s",
+            pool.get("internal_api"),
+            pool.get("version"),
+            pool["num_threads"],
+            "default" if threads is None else threads,
+        )
+    return pools
