@@ -147,9 +147,15 @@ class MeteredTransport(Transport):
         durable: bool = True,
         exclusive: bool = False,
         auto_delete: bool = False,
+        expires_s: float | None = None,
     ) -> str:
         return await self.inner.declare_queue(
-            local_name, routing_keys, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+            local_name,
+            routing_keys,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            expires_s=expires_s,
         )
 
     async def delete_queue(self, full_name: str) -> None:

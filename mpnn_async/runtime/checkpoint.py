@@ -31,6 +31,8 @@ class Checkpoint:
     # The job generation that wrote it; a restart uses a higher one.
     generation: int
     finished: bool = False
+    # The plan the partitions were stored under; empty means the job document's plan.
+    plan_id: str = ""
 
     def to_meta(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,6 +47,7 @@ class Checkpoint:
             versions={str(name): int(number) for name, number in meta["versions"].items()},
             generation=int(meta["generation"]),
             finished=bool(meta.get("finished", False)),
+            plan_id=str(meta.get("plan_id", "")),
         )
 
 

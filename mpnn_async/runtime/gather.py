@@ -49,9 +49,14 @@ class OrderedAccumulator:
     Floating-point addition is not associative, so summing in arrival order
     would make the weights depend on message timing. Out-of-order results wait
     in `pending` until every earlier micro-batch has been added.
+
+    With `fold=False` every micro-batch's gradients stay separate until `take`:
+    a replicated partition sends some of them to its other replicas, and each
+    replica then sums the same arrays in the same order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fold: bool = True) -> None:
+        self.fold = fold
         self.total: list[np.ndarray] | None = None
         self.next_micro_batch = 0
         self.pending: dict[int, list[np.ndarray]] = {}
@@ -66,17 +71,18 @@ class OrderedAccumulator:
         if self.has(micro_batch):
             raise ValueError(f"micro-batch {micro_batch} was already accumulated")
         self.pending[micro_batch] = list(gradients)
-        while self.next_micro_batch in self.pending:
-            parts = self.pending.pop(self.next_micro_batch)
-            if self.total is None:
-                self.total = [part.copy() for part in parts]
-            else:
-                for total, part in zip(self.total, parts):
-                    total += part
+        while self.fold and self.next_micro_batch in self.pending:
+            self._add_to_total(self.pending.pop(self.next_micro_batch))
             self.next_micro_batch += 1
+
+    def gradients_of(self, micro_batch: int) -> list[np.ndarray]:
+        """Return the separate gradients of one micro-batch (only without folding)."""
+        return self.pending[micro_batch]
 
     def take(self, micro_batches: int) -> list[np.ndarray]:
         """Return the sum over micro-batches 0..micro_batches-1 and reset."""
+        if not self.fold:
+            self._fold_all(micro_batches)
         if self.next_micro_batch != micro_batches or self.pending or self.total is None:
             raise ValueError(
                 f"expected gradients of {micro_batches} micro-batches, have "
@@ -86,3 +92,18 @@ class OrderedAccumulator:
         self.total = None
         self.next_micro_batch = 0
         return total
+
+    def _fold_all(self, micro_batches: int) -> None:
+        missing = [index for index in range(micro_batches) if index not in self.pending]
+        if missing:
+            raise ValueError(f"expected gradients of {micro_batches} micro-batches, missing {missing}")
+        for index in range(micro_batches):
+            self._add_to_total(self.pending.pop(index))
+        self.next_micro_batch = micro_batches
+
+    def _add_to_total(self, parts: list[np.ndarray]) -> None:
+        if self.total is None:
+            self.total = [part.copy() for part in parts]
+        else:
+            for total, part in zip(self.total, parts):
+                total += part

@@ -14,14 +14,32 @@ class Liveness:
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._beats: dict[str, tuple[float, tuple[str, ...]]] = {}
+        # Workers of the pool: started without fixed partitions, so they may be assigned some.
+        self.assignable: set[str] = set()
 
     def __repr__(self) -> str:
         alive = sorted(self.live_partitions())
         return f"<Liveness workers={len(self._beats)} live_partitions={alive}>"
 
-    def record(self, worker: str, partitions: Iterable[str], *, now: float | None = None) -> None:
+    def record(
+        self, worker: str, partitions: Iterable[str], *, assignable: bool = False, now: float | None = None
+    ) -> None:
         names = tuple(partitions)
         self._beats[worker] = (time.monotonic() if now is None else now, names)
+        if assignable:
+            self.assignable.add(worker)
+        else:
+            self.assignable.discard(worker)
+
+    def is_live(self, worker: str, *, now: float | None = None) -> bool:
+        beat = self._beats.get(worker)
+        now = time.monotonic() if now is None else now
+        return beat is not None and now - beat[0] <= self.timeout_s
+
+    def live_workers(self, *, now: float | None = None) -> dict[str, tuple[str, ...]]:
+        """Return the partitions of every worker whose last beat is current."""
+        now = time.monotonic() if now is None else now
+        return {worker: names for worker, (seen, names) in self._beats.items() if now - seen <= self.timeout_s}
 
     def live_partitions(self, *, now: float | None = None) -> set[str]:
         now = time.monotonic() if now is None else now

@@ -21,7 +21,7 @@ from mpnn_async.model import kernels
 from mpnn_async.model.optim import OptimizerSpec, apply_update
 from mpnn_async.model.spec import NetworkSpec
 from mpnn_async.runtime.gather import Gather, OrderedAccumulator
-from mpnn_async.runtime.protocol import Rejection
+from mpnn_async.runtime.protocol import Rejection, attempt_floor
 from mpnn_async.wire import SCHEDULER, BlockHeader, MessageKind
 
 __all__ = ["Admission", "GatherKey", "PartitionJob", "Send", "ComputeResult", "SCHEDULER"]
@@ -58,6 +58,10 @@ class Send:
     micro_batch: int
     attempt: int
     array: np.ndarray
+    # Worker of each plan partition for this micro-batch (plan order); empty sends by partition.
+    route: tuple[str, ...] = ()
+    # For a block to another replica of this partition: the worker it goes to.
+    worker: str = ""
 
 
 @dataclasses.dataclass(slots=True)
@@ -97,10 +101,15 @@ class PartitionJob:
         version: int,
         model_name: str = "",
         generation: int = 0,
+        replicas: tuple[str, ...] = (),
     ) -> None:
         self.job = job
-        # Blocks with an attempt below the job's generation belong to a run rolled back.
+        # Blocks with an attempt below the generation's first attempt belong to a run rolled back.
         self.generation = generation
+        self.first_attempt = attempt_floor(generation)
+        # Workers serving this partition in the job; with more than one, each keeps its
+        # micro-batches' gradients apart until the step, when the replicas exchange them.
+        self.replicas = tuple(replicas)
         self.model_name = model_name
         self.plan = plan
         self.partition = partition
@@ -115,7 +124,10 @@ class PartitionJob:
         self._neurons = {layer: plan.neurons(partition, layer) for layer in self.layers}
         self._gathers: dict[GatherKey, Gather] = {}
         self._saved: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._accumulators = {layer: OrderedAccumulator() for layer in self.layers}
+        replicated = len(self.replicas) > 1
+        self._accumulators = {layer: OrderedAccumulator(fold=not replicated) for layer in self.layers}
+        # (step, micro_batch) -> (attempt, route) of the latest attempt seen.
+        self._routes: dict[tuple[int, int], tuple[int, tuple[str, ...]]] = {}
         self._attempts: dict[tuple[MessageKind, int, int], int] = {}
         self._seen: set[tuple[Any, ...]] = set()
         # Inference gathers already computed, newest last. Serving never applies a
@@ -137,6 +149,8 @@ class PartitionJob:
 
     def admit(self, header: BlockHeader, array: np.ndarray) -> Admission:
         """Check a decoded block against the plan; raise RejectedBlock if it cannot fit."""
+        if header.kind is MessageKind.REPLICA_GRADIENT:
+            return self._admit_replica_gradient(header, array)
         self._check_fits_plan(header, array)
         if header.message_id() in self._seen:
             return Admission.DUPLICATE
@@ -150,7 +164,7 @@ class PartitionJob:
                 f"block of step {header.step} while the partition is at step {self.step}",
             )
         attempt_key = (self._phase(header.kind), header.step, header.micro_batch)
-        current = self._attempts.get(attempt_key, self.generation)
+        current = self._attempts.get(attempt_key, self.first_attempt)
         if header.attempt < current:
             return Admission.SUPERSEDED
         if header.attempt > current:
@@ -203,6 +217,10 @@ class PartitionJob:
         """Add an admitted block; return its gather key when the gather is complete."""
         if header.kind is not MessageKind.INFERENCE:
             self._seen.add(header.message_id())
+        if header.kind is MessageKind.REPLICA_GRADIENT:
+            self._add_replica_gradient(header, array)
+            return None
+        self._record_route(header)
         key = self._gather_key(header)
         gather = self._gather(key)
         if gather.rows is not None and gather.rows != array.shape[0]:
@@ -212,6 +230,24 @@ class PartitionJob:
             )
         gather.add(header.source, array, delivery)
         return key if gather.is_complete else None
+
+    def _record_route(self, header: BlockHeader) -> None:
+        route = header.extra.get("route")
+        if not isinstance(route, tuple):
+            return
+        if len(route) != len(self.plan.partitions) or not all(isinstance(w, str) for w in route):
+            raise RejectedBlock(
+                Rejection.UNEXPECTED_BLOCK,
+                f"route {list(route)!r} does not name one worker per partition {list(self.plan.partitions)}",
+            )
+        key = (header.step, header.micro_batch)
+        known = self._routes.get(key)
+        if known is None or known[0] <= header.attempt:
+            self._routes[key] = (header.attempt, tuple(str(worker) for worker in route))
+
+    def _route_of(self, step: int, micro_batch: int) -> tuple[str, ...]:
+        known = self._routes.get((step, micro_batch))
+        return known[1] if known is not None else ()
 
     @staticmethod
     def _gather_key(header: BlockHeader) -> GatherKey:
@@ -255,7 +291,7 @@ class PartitionJob:
         gather = self._gathers.pop(key)
         result = ComputeResult(finished_deliveries=gather.deliveries)
         kind, step, micro_batch, layer = key
-        attempt = self._attempts.get((self._phase(kind), step, micro_batch), self.generation)
+        attempt = self._attempts.get((self._phase(kind), step, micro_batch), self.first_attempt)
         if kind is MessageKind.GRADIENT:
             self._backward(gather, step, micro_batch, layer, attempt, result)
         else:
@@ -286,7 +322,9 @@ class PartitionJob:
             if target == self.partition:
                 self._feed_local((kind, step, micro_batch, layer), activation, result)
             else:
-                result.sends.append(Send(target, kind, layer, step, micro_batch, attempt, activation))
+                result.sends.append(
+                    Send(target, kind, layer, step, micro_batch, attempt, activation, self._route_of(step, micro_batch))
+                )
 
     def _forward_targets(self, layer: int) -> tuple[str, ...]:
         if layer == self.spec.depth:
@@ -338,8 +376,71 @@ class PartitionJob:
                 self._feed_local((MessageKind.GRADIENT, step, micro_batch, layer - 1), columns, result)
             else:
                 result.sends.append(
-                    Send(owner, MessageKind.GRADIENT, layer - 1, step, micro_batch, attempt, columns)
+                    Send(
+                        owner,
+                        MessageKind.GRADIENT,
+                        layer - 1,
+                        step,
+                        micro_batch,
+                        attempt,
+                        columns,
+                        self._route_of(step, micro_batch),
+                    )
                 )
+
+    # -- replicas ------------------------------------------------------------------------
+
+    def _admit_replica_gradient(self, header: BlockHeader, array: np.ndarray) -> Admission:
+        layer = header.layer
+        if header.source != self.partition or header.destination != self.partition:
+            self._reject(f"replica gradient from {header.source!r} to {header.destination!r}; both must be {self.partition!r}")
+        if layer not in self._neurons:
+            self._reject(f"replica gradient for layer {layer}, which this partition does not own")
+        expected = (len(self._neurons[layer]), self.spec.width(layer - 1) + 1)
+        if array.dtype != self.spec.np_dtype or array.shape != expected:
+            self._reject(f"replica gradient of layer {layer} is {array.dtype} {array.shape}, expected {expected}")
+        if not np.isfinite(array).all():
+            raise RejectedBlock(Rejection.NON_FINITE, "block contains NaN or infinity")
+        if header.message_id() in self._seen:
+            return Admission.DUPLICATE
+        if header.step < self.step or header.attempt < self.first_attempt:
+            return Admission.SUPERSEDED
+        if header.step > self.step:
+            self._reject(f"replica gradient of step {header.step} while the partition is at step {self.step}")
+        if self._accumulators[layer].has(header.micro_batch):
+            # This replica computed the micro-batch itself (a straggler's late result): same numbers.
+            return Admission.SUPERSEDED
+        return Admission.ACCEPT
+
+    def _add_replica_gradient(self, header: BlockHeader, array: np.ndarray) -> None:
+        weight_gradient = np.ascontiguousarray(array[:, :-1])
+        bias_gradient = np.ascontiguousarray(array[:, -1])
+        self._accumulators[header.layer].add(header.micro_batch, [weight_gradient, bias_gradient])
+
+    def replica_sends(self, step: int, holders: list[str], worker: str) -> list[Send]:
+        """Return this replica's gradients of the micro-batches it holds, for every other replica."""
+        others = [replica for replica in self.replicas if replica != worker]
+        sends = []
+        for micro_batch, holder in enumerate(holders):
+            if holder != worker:
+                continue
+            for layer in self.layers:
+                weight_gradient, bias_gradient = self._accumulators[layer].gradients_of(micro_batch)
+                packed = np.concatenate([weight_gradient, bias_gradient[:, None]], axis=1)
+                for other in others:
+                    sends.append(
+                        Send(self.partition, MessageKind.REPLICA_GRADIENT, layer, step, micro_batch,
+                             self.first_attempt, packed, worker=other)
+                    )
+        return sends
+
+    def missing_micro_batches(self, micro_batches: int) -> list[int]:
+        """Return the micro-batches of the current step whose gradients this replica lacks."""
+        return [
+            micro_batch
+            for micro_batch in range(micro_batches)
+            if not all(accumulator.has(micro_batch) for accumulator in self._accumulators.values())
+        ]
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -363,6 +464,7 @@ class PartitionJob:
     def _forget_before(self, step: int) -> None:
         self._seen = {message_id for message_id in self._seen if message_id[1] >= step}
         self._attempts = {key: value for key, value in self._attempts.items() if key[1] >= step}
+        self._routes = {key: value for key, value in self._routes.items() if key[0] >= step}
         self._saved = {key: value for key, value in self._saved.items() if key[0] >= step}
         for key in [key for key in self._gathers if key[1] < step]:
             self._orphans.extend(self._gathers.pop(key).deliveries)

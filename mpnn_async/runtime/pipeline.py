@@ -1,19 +1,22 @@
 """The scheduler's side of the message flow for one job.
 
 `JobChannel` owns the job's reply queue and heartbeat subscription, sends
-input blocks, output gradients and control messages to the partitions, and
-turns what comes back (output slices, `micro_batch.done`, `step.done`,
-`job.ready`) into awaitable results. Every wait is bounded: it raises
-`RecoveryNeeded` when a deadline passes or a partition's workers stop sending
-heartbeats, so the caller can roll the job back instead of hanging.
+input blocks, output gradients and control messages to the partitions'
+replicas, and turns what comes back (output slices, `micro_batch.done`,
+`step.done`, `job.ready`) into awaitable results. Every wait is bounded: a
+wait for one micro-batch raises `RouteFailed` when its deadline passes or a
+worker of its route stops sending heartbeats, so the caller can retry the
+micro-batch on another route; the other waits raise `RecoveryNeeded`, so the
+caller can roll the job back instead of hanging.
 
-Replies are keyed by the job's generation: anything sent before a rollback
-carries an older generation and is ignored.
+Replies carry the attempt or generation they answer: anything sent for an
+attempt that was retried, or before a rollback, is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Iterable
@@ -27,12 +30,13 @@ from mpnn_async.runtime.liveness import Liveness
 from mpnn_async.runtime.protocol import (
     HEARTBEATS_ROUTING_KEY,
     ControlType,
+    attempt_floor,
     control,
     parse_control,
-    partition_binding,
-    partition_routing_key,
+    replica_routing_key,
     scheduler_routing_key,
 )
+from mpnn_async.runtime.routing import ReplicaSet, Route
 from mpnn_async.runtime.waiters import Waiters
 from mpnn_async.transport.base import Delivery, Outgoing, Transport
 from mpnn_async.wire import (
@@ -45,7 +49,7 @@ from mpnn_async.wire import (
     is_data_frame,
 )
 
-__all__ = ["JobChannel", "JobFailedError", "RecoveryNeeded", "SCHEDULER"]
+__all__ = ["JobChannel", "JobFailedError", "RecoveryNeeded", "RouteFailed", "SCHEDULER"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,16 @@ class JobFailedError(FatalError):
 
 class RecoveryNeeded(MpnnError):
     """A wait cannot finish (deadline passed, or a partition lost its workers)."""
+
+
+class RouteFailed(RecoveryNeeded):
+    """One attempt of a micro-batch cannot finish: a worker of its route is lost or it is late."""
+
+    def __init__(self, message: str, *, workers: Iterable[str], lost: bool) -> None:
+        super().__init__(message)
+        self.workers = set(workers)
+        # True when heartbeats stopped; False when the deadline passed with every worker alive.
+        self.lost = lost
 
 
 class _UnexpectedReply(MpnnError):
@@ -83,24 +97,30 @@ class JobChannel:
         self.transport = transport
         self.max_message_bytes = max_message_bytes
         self.liveness = Liveness(timeout_s=heartbeat_timeout_s)
+        self.replicas = ReplicaSet(plan, self.liveness)
         self.generation = 0
-        # Partition name -> id of the worker that last reported it ready.
-        self.workers: dict[str, str] = {}
+        self._next_attempt = 0
         self._failure: asyncio.Future[None] | None = None
         self._waiters = Waiters()
         self._outputs: dict[tuple[Any, ...], Gather] = {}
-        self._reported: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._reported: dict[tuple[Any, ...], dict[Any, dict[str, Any]]] = {}
         self._tags: list[str] = []
         self._queues: list[str] = []
+        # Plan tables received in `job.replan` messages, oldest first.
+        self.replans: list[dict[str, Any]] = []
+        # Set on every replica report, so waits for all replicas wake up at once.
+        self._replica_reported = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<JobChannel {self.job} generation={self.generation} {self.liveness!r}>"
+        return f"<JobChannel {self.job} generation={self.generation} {self.replicas!r}>"
+
+    @property
+    def workers(self) -> dict[str, str]:
+        """Partition -> the first worker that serves it (for progress records)."""
+        return {partition: workers[0] for partition, workers in self.replicas.loaded.items() if workers}
 
     async def open(self) -> None:
         self._failure = asyncio.get_running_loop().create_future()
-        # Declaring the partition queues here too lets blocks wait for workers that start later.
-        for partition in self.plan.partitions:
-            await self.transport.declare_queue(f"part.{partition}", [partition_binding(partition)], durable=True)
         replies = await self.transport.declare_queue(
             f"sched.{self.job}", [scheduler_routing_key(self.job)], durable=True
         )
@@ -119,16 +139,45 @@ class JobChannel:
         self._tags.clear()
         self._queues.clear()
 
+    def use_plan(self, plan: Plan) -> None:
+        """Switch to another plan of the same model (at a step boundary, before a new generation)."""
+        self.plan = plan
+        self.replicas = ReplicaSet(plan, self.liveness)
+
+    def set_generation(self, generation: int) -> None:
+        self.generation = generation
+        self._next_attempt = attempt_floor(generation)
+
+    def new_attempt(self) -> int:
+        """Return an attempt number never used before in this generation."""
+        attempt = self._next_attempt
+        self._next_attempt += 1
+        return attempt
+
     # -- sending ---------------------------------------------------------------------------
 
-    async def publish_to_partitions(self, kind: ControlType, **payload: Any) -> None:
-        body = control(kind, **payload)
+    def _to_replica(self, worker: str, partition: str, body: bytes) -> Outgoing:
+        return Outgoing(replica_routing_key(self.job, worker, partition), body)
+
+    async def publish_job_end(self) -> None:
+        body = control(ControlType.JOB_END, job=self.job)
         await self.transport.publish_many(
-            Outgoing(partition_routing_key(self.job, partition), body) for partition in self.plan.partitions
+            self._to_replica(worker, partition, body)
+            for partition, workers in self.replicas.loaded.items()
+            for worker in workers
         )
 
     def block(
-        self, kind: MessageKind, step: int, micro_batch: int, layer: int, destination: str, array: np.ndarray
+        self,
+        kind: MessageKind,
+        step: int,
+        micro_batch: int,
+        layer: int,
+        destination: str,
+        array: np.ndarray,
+        *,
+        attempt: int,
+        route: Route,
     ) -> Outgoing:
         header = BlockHeader(
             kind=kind,
@@ -138,23 +187,35 @@ class JobChannel:
             layer=layer,
             source=SCHEDULER,
             destination=destination,
-            attempt=self.generation,
+            attempt=attempt,
+            extra={"route": route},
         )
-        return Outgoing(partition_routing_key(self.job, destination), encode_block(header, array))
+        worker = self.replicas.holder(route, destination)
+        return Outgoing(replica_routing_key(self.job, worker, destination), encode_block(header, array))
 
     async def forward(
-        self, kind: MessageKind, step: int, micro_batch: int, inputs: np.ndarray, *, timeout_s: float
+        self,
+        kind: MessageKind,
+        step: int,
+        micro_batch: int,
+        inputs: np.ndarray,
+        *,
+        attempt: int,
+        route: Route,
+        timeout_s: float,
     ) -> np.ndarray:
-        """Send one input block through the network and return the assembled output."""
+        """Send one input block through the network on `route` and return the assembled output."""
         depth = self.spec.depth
-        key = ("output", self.generation, kind, step, micro_batch)
+        key = ("output", attempt, kind, step, micro_batch)
         self._outputs[key] = Gather(expected=tuple(self.plan.owners(depth)))
         inputs = np.ascontiguousarray(inputs, dtype=self.spec.np_dtype)
         try:
             await self.transport.publish_many(
-                self.block(kind, step, micro_batch, 0, owner, inputs) for owner in self.plan.owners(1)
+                self.block(kind, step, micro_batch, 0, owner, inputs, attempt=attempt, route=route)
+                for owner in self.plan.owners(1)
             )
-            gather = await self.wait(key, timeout_s, f"the output of step {step} micro-batch {micro_batch}")
+            what = f"the output of step {step} micro-batch {micro_batch}"
+            gather = await self.wait(key, timeout_s, what, route=route)
         finally:
             self._outputs.pop(key, None)
         outputs = np.empty((inputs.shape[0], self.spec.width(depth)), dtype=self.spec.np_dtype)
@@ -162,7 +223,9 @@ class JobChannel:
             outputs[:, self.plan.neurons(owner, depth)] = block
         return outputs
 
-    async def send_output_gradient(self, step: int, micro_batch: int, gradient: np.ndarray) -> None:
+    async def send_output_gradient(
+        self, step: int, micro_batch: int, gradient: np.ndarray, *, attempt: int, route: Route
+    ) -> None:
         depth = self.spec.depth
         await self.transport.publish_many(
             self.block(
@@ -172,17 +235,29 @@ class JobChannel:
                 depth,
                 owner,
                 np.ascontiguousarray(gradient[:, self.plan.neurons(owner, depth)]),
+                attempt=attempt,
+                route=route,
             )
             for owner in self.plan.owners(depth)
         )
 
     # -- waiting ---------------------------------------------------------------------------
 
-    async def wait(self, key: tuple[Any, ...], timeout_s: float, what: str, *, recoverable: bool = True) -> Any:
+    async def wait(
+        self,
+        key: tuple[Any, ...],
+        timeout_s: float,
+        what: str,
+        *,
+        route: Route | None = None,
+        recoverable: bool = True,
+    ) -> Any:
         """Wait for the result under `key`.
 
-        Raises JobFailedError if a partition reported failure, and on timeout
-        or lost workers RecoveryNeeded (or JobFailedError if not `recoverable`).
+        Raises JobFailedError if a partition reported failure. With a `route`,
+        raises RouteFailed when a worker of the route is lost or the deadline
+        passes; without one, RecoveryNeeded on timeout (or JobFailedError if
+        not `recoverable`).
         """
         future = self._waiters.get(key)
         assert self._failure is not None
@@ -194,18 +269,19 @@ class JobChannel:
                     self._failure.result()
                 if future in done:
                     return future.result()
-                # The state of a worker that loaded the job and then went silent is
-                # gone, even if another worker now serves its partition.
-                lost = sorted(p for p, worker in self.workers.items() if self.liveness.is_lost(worker))
-                problem = ""
-                if lost and recoverable:
-                    problem = (
-                        f"no heartbeat for {self.liveness.timeout_s:.1f} s from the workers that "
-                        f"loaded partitions {lost}"
-                    )
-                elif time.monotonic() > deadline:
+                if route is not None:
+                    lost = sorted({worker for worker in route if self.liveness.is_lost(worker)})
+                    if lost:
+                        raise RouteFailed(
+                            f"no heartbeat for {self.liveness.timeout_s:.1f} s from workers {lost} "
+                            f"while waiting for {what}",
+                            workers=lost,
+                            lost=True,
+                        )
+                if time.monotonic() > deadline:
                     problem = f"timed out after {timeout_s:.1f} s waiting for {what}{self._missing(key)}"
-                if problem:
+                    if route is not None:
+                        raise RouteFailed(problem, workers=route, lost=False)
                     if recoverable:
                         raise RecoveryNeeded(problem)
                     raise JobFailedError(f"job {self.job}: {problem}")
@@ -214,41 +290,138 @@ class JobChannel:
             self._reported.pop(key, None)
 
     def _missing(self, key: tuple[Any, ...]) -> str:
-        if key[0] != "ready":
+        if key[0] not in ("ready", "step_done"):
             return ""
-        missing = sorted(set(self.plan.partitions) - set(self._reported.get(key, {})))
+        reported = {pair[0] for pair in self._reported.get(key, {})}
+        missing = sorted(set(self.plan.partitions) - reported)
         return f" (no reply from partitions {missing}; is a worker running for each?)"
 
-    async def start_partitions(self, *, step: int, versions: dict[str, int], in_flight: int, optimizer: dict[str, Any], model: str, timeout_s: float) -> None:
-        """Make every partition load its checkpoint version; wait until all have."""
-        await self.publish_to_partitions(
-            ControlType.JOB_START,
-            job=self.job,
-            plan_id=self.plan.plan_id,
-            model=model,
-            optimizer=optimizer,
-            step=step,
-            in_flight=in_flight,
-            generation=self.generation,
-            versions=versions,
-        )
-        await self.wait(
-            ("ready", self.generation), timeout_s, "every partition to load its weights", recoverable=False
-        )
+    async def _wait_for_replicas(
+        self, key: tuple[Any, ...], expected: set[tuple[str, str]], timeout_s: float, what: str, *, required: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Wait until every expected (partition, worker) reported under `key`, or its worker is lost.
 
-    async def wait_for_live_workers(self, timeout_s: float) -> None:
-        """Wait until every partition has a worker whose heartbeats are current."""
+        Lost workers are dropped from the replica set. Raises RecoveryNeeded on
+        timeout, or when a worker in `required`, or every worker of a partition, is lost.
+        """
+        assert self._failure is not None
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self._failure.done():
+                    self._failure.result()
+                reported = self._reported.get(key, {})
+                lost = {pair for pair in expected if pair not in reported and self.liveness.is_lost(pair[1])}
+                for partition, worker in lost:
+                    log.warning("replica.lost job=%s partition=%s worker=%s while waiting for %s", self.job, partition, worker, what)
+                    self.replicas.drop(worker)
+                expected -= lost
+                if lost & required or not expected >= {(p, w) for p, w in required if (p, w) not in lost}:
+                    raise RecoveryNeeded(f"workers {sorted(w for _, w in lost)} were lost while waiting for {what}")
+                left = set(self.plan.partitions) - {partition for partition, _ in expected}
+                if left:
+                    raise RecoveryNeeded(f"partitions {sorted(left)} lost every worker while waiting for {what}")
+                if expected <= set(reported):
+                    return {pair: reported[pair] for pair in expected}
+                if time.monotonic() > deadline:
+                    missing = sorted(expected - set(reported))
+                    raise RecoveryNeeded(f"timed out after {timeout_s:.1f} s waiting for {what} from {missing}")
+                self._replica_reported.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._replica_reported.wait(), _POLL_S)
+        finally:
+            self._reported.pop(key, None)
+
+    async def start_partitions(
+        self,
+        *,
+        workers: dict[str, list[str]],
+        step: int,
+        versions: dict[str, int],
+        in_flight: int,
+        optimizer: dict[str, Any],
+        model: str,
+        timeout_s: float,
+        plan_id: str | None = None,
+    ) -> None:
+        """Make every given replica load its partition's checkpoint version; wait until all have."""
+        messages: list[Outgoing] = []
+        for partition, replicas in workers.items():
+            body = control(
+                ControlType.JOB_START,
+                job=self.job,
+                plan_id=plan_id or self.plan.plan_id,
+                model=model,
+                optimizer=optimizer,
+                step=step,
+                in_flight=in_flight,
+                generation=self.generation,
+                versions=versions,
+                replicas=list(replicas),
+            )
+            messages.extend(self._to_replica(worker, partition, body) for worker in replicas)
+        await self.transport.publish_many(messages)
+        expected = {(partition, worker) for partition, replicas in workers.items() for worker in replicas}
+        await self._wait_for_replicas(
+            ("ready", self.generation), expected, timeout_s, "every replica to load its weights", required=set()
+        )
+        self.replicas.reset(workers)
+
+    async def apply_step(
+        self, *, step: int, micro_batches: int, persist: bool, holders: dict[str, list[str]], timeout_s: float
+    ) -> dict[str, int]:
+        """Command the optimizer step on every replica; return each partition's store version after it."""
+        messages: list[Outgoing] = []
+        writers: set[tuple[str, str]] = set()
+        for partition in self.plan.partitions:
+            replicas = self.replicas.replicas(partition)
+            writers.add((partition, replicas[0]))
+            body = control(
+                ControlType.STEP_APPLY,
+                job=self.job,
+                step=step,
+                micro_batches=micro_batches,
+                persist=persist,
+                generation=self.generation,
+                holders=holders[partition],
+                replicas=replicas,
+            )
+            messages.extend(self._to_replica(worker, partition, body) for worker in replicas)
+        await self.transport.publish_many(messages)
+        expected = {(p, w) for p, replicas in self.replicas.loaded.items() for w in replicas}
+        reports = await self._wait_for_replicas(
+            ("step_done", self.generation, step),
+            expected,
+            timeout_s,
+            f"step {step} to be applied",
+            required=writers if persist else set(),
+        )
+        return {partition: int(reports[(partition, worker)]["version"]) for partition, worker in writers}
+
+    async def wait_for_live_workers(self, timeout_s: float) -> dict[str, list[str]]:
+        """Wait until every partition has a worker whose heartbeats are current; return them."""
         deadline = time.monotonic() + timeout_s
         while True:
-            missing = sorted(set(self.plan.partitions) - self.liveness.live_partitions())
+            hosts = self.live_hosts()
+            missing = [partition for partition in self.plan.partitions if not hosts[partition]]
             if not missing:
-                return
+                return hosts
             if time.monotonic() > deadline:
                 raise JobFailedError(
                     f"job {self.job}: partitions {missing} have had no live worker for {timeout_s:.0f} s; "
-                    "start `mpnn worker --partition NAME` for each"
+                    "start `mpnn worker --partition NAME` for each, or pool workers (`mpnn worker` "
+                    "without --partition) for the scheduler to assign"
                 )
             await asyncio.sleep(_POLL_S)
+
+    def live_hosts(self) -> dict[str, list[str]]:
+        """Return the live workers that host each partition of the plan, sorted by id."""
+        hosts: dict[str, list[str]] = {partition: [] for partition in self.plan.partitions}
+        for worker, partitions in sorted(self.liveness.live_workers().items()):
+            for partition in partitions:
+                if partition in hosts:
+                    hosts[partition].append(worker)
+        return hosts
 
     def forget_generation(self) -> None:
         """Drop every pending wait and gather of the current generation (before a rollback)."""
@@ -262,7 +435,11 @@ class JobChannel:
         try:
             kind, payload = parse_control(delivery.body, max_size_bytes=self.max_message_bytes)
             if kind is ControlType.HEARTBEAT:
-                self.liveness.record(payload["worker"], [str(p) for p in payload["partitions"]])
+                self.liveness.record(
+                    payload["worker"],
+                    [str(p) for p in payload["partitions"]],
+                    assignable=payload.get("assignable", False),
+                )
         except CodecError as error:
             log.warning("heartbeat.rejected job=%s detail=%s", self.job, error)
         await delivery.ack()
@@ -308,27 +485,38 @@ class JobChannel:
             raise _UnexpectedReply(f"control message of job {payload.get('job')!r}")
         partition = payload.get("partition", "")
         if kind is ControlType.JOB_READY:
-            if payload["generation"] == self.generation:
-                self.workers[partition] = payload["worker"]
-            self._report(("ready", payload["generation"]), partition, self.plan.partitions, payload)
-        elif kind is ControlType.MICRO_BATCH_DONE:
-            key = ("mb_done", payload["attempt"], payload["step"], payload["micro_batch"])
-            self._report(key, partition, self.plan.owners(1), payload)
+            self._report_replica(("ready", payload["generation"]), partition, payload)
         elif kind is ControlType.STEP_DONE:
-            key = ("step_done", payload["generation"], payload["step"])
-            self._report(key, partition, self.plan.partitions, payload)
+            self._report_replica(("step_done", payload["generation"], payload["step"]), partition, payload)
+        elif kind is ControlType.MICRO_BATCH_DONE:
+            self._report_micro_batch(partition, payload)
+        elif kind is ControlType.JOB_REPLAN:
+            log.info("job.replan_requested job=%s", self.job)
+            self.replans.append(payload["plan"])
         elif kind is ControlType.JOB_FAILED:
-            log.error("job.partition_failed job=%s partition=%s error=%s", self.job, partition, payload["error"])
+            log.error(
+                "job.partition_failed job=%s partition=%s worker=%s error=%s",
+                self.job, partition, payload.get("worker", "-"), payload["error"],
+            )
             if self._failure is not None and not self._failure.done():
                 self._failure.set_exception(JobFailedError(f"partition {partition!r} failed: {payload['error']}"))
         else:
             raise _UnexpectedReply(f"{kind} is not sent to the scheduler")
 
-    def _report(self, key: tuple[Any, ...], partition: str, expected: Iterable[str], payload: Any) -> None:
-        expected = set(expected)
-        if partition not in expected:
-            raise _UnexpectedReply(f"{partition!r} is not expected to report {key[0]}")
+    def _report_replica(self, key: tuple[Any, ...], partition: str, payload: dict[str, Any]) -> None:
+        if partition not in self.plan.partitions:
+            raise _UnexpectedReply(f"{partition!r} is not a partition of the job's plan")
         if key[1] != self.generation:
+            return
+        self._reported.setdefault(key, {})[(partition, payload["worker"])] = payload
+        self._replica_reported.set()
+
+    def _report_micro_batch(self, partition: str, payload: dict[str, Any]) -> None:
+        expected = set(self.plan.owners(1))
+        if partition not in expected:
+            raise _UnexpectedReply(f"{partition!r} owns no neuron of layer 1, so it does not report micro-batches")
+        key = ("mb_done", payload["attempt"], payload["step"], payload["micro_batch"])
+        if payload["attempt"] < attempt_floor(self.generation):
             return
         reported = self._reported.setdefault(key, {})
         reported[partition] = payload

@@ -5,8 +5,14 @@ Data blocks (activations, gradients) use the binary codec in
 `type` is one of `ControlType`. Every message of a job is routed on the data
 exchange by a key that starts with the job name:
 
-- `<job>.part.<partition>`: data and control for one partition; a worker's
-  queue for partition p binds `*.part.p`, so one queue serves every job.
+- `<job>.part.<partition>`: messages for whichever worker of a partition takes
+  them (serving); a worker's shared queue for partition p binds `*.part.p`, so
+  one queue serves every job.
+- `<job>.w.<worker>.<partition>`: messages for one replica of a partition
+  (training blocks, job and step control). Each worker has one such queue per
+  partition it hosts, so all blocks of one micro-batch reach the replica that
+  its route names.
+- `assign.<worker>`: partition assignments for a worker of the pool.
 - `<job>.sched`: replies to the scheduler running that job.
 - `<job>.progress`: progress events, published without `mandatory`, so they
   reach any queue bound to them and are dropped when there is none.
@@ -21,12 +27,17 @@ from typing import Any, Mapping
 from mpnn_async.wire import CodecError, RejectReason, decode_control, encode_control
 
 __all__ = [
+    "ATTEMPT_STRIDE",
     "HEARTBEATS_ROUTING_KEY",
     "ControlType",
     "Rejection",
     "JOBS_ROUTING_KEY",
+    "assignment_routing_key",
+    "attempt_floor",
     "control",
     "parse_control",
+    "replica_binding",
+    "replica_routing_key",
     "partition_binding",
     "inference_routing_key",
     "partition_routing_key",
@@ -56,6 +67,10 @@ class ControlType(enum.StrEnum):
     JOB_FAILED = "job.failed"
     # worker -> anyone listening on `heartbeats`: this worker is alive and hosts these partitions.
     HEARTBEAT = "worker.heartbeat"
+    # scheduler -> pool worker: host exactly these partitions from now on.
+    WORKER_ASSIGN = "worker.assign"
+    # operator -> scheduler: move the job to another plan at the next step boundary.
+    JOB_REPLAN = "job.replan"
 
 
 class Rejection(enum.StrEnum):
@@ -121,6 +136,9 @@ _FIELDS: dict[ControlType, dict[str, type | tuple[type, ...]]] = {
     ControlType.JOB_END: {"job": str},
     ControlType.JOB_FAILED: {"job": str, "partition": str, "error": str},
     ControlType.HEARTBEAT: {"worker": str, "partitions": list, "interval_s": (int, float)},
+    ControlType.WORKER_ASSIGN: {"worker": str, "partitions": list},
+    # `plan`: a `[plan]` table (partitions and layer rules) for the job's model.
+    ControlType.JOB_REPLAN: {"job": str, "plan": dict},
 }
 
 # Optional payload fields and their types.
@@ -131,10 +149,32 @@ _OPTIONAL_FIELDS: dict[ControlType, dict[str, type]] = {
         "generation": int,
         # Partition name -> store version to load (a checkpoint); absent means the latest.
         "versions": dict,
+        # Workers that serve this partition in the job, in order; the first one persists it.
+        "replicas": list,
     },
+    ControlType.STEP_APPLY: {
+        # Per micro-batch, the worker whose gradient of it counts (replicated partitions).
+        "holders": list,
+        "replicas": list,
+    },
+    ControlType.JOB_READY: {"step": int},
+    ControlType.MICRO_BATCH_DONE: {"worker": str},
+    ControlType.STEP_DONE: {"worker": str},
+    ControlType.JOB_FAILED: {"worker": str},
+    # `assignable`: the worker was started without fixed partitions, so the pool may move it.
+    ControlType.HEARTBEAT: {"assignable": bool},
 }
 
 HEARTBEATS_ROUTING_KEY = "heartbeats"
+
+# Attempts of the micro-batches of generation g are g * ATTEMPT_STRIDE + retries,
+# so every retry of a generation is older than the first attempt of the next one.
+ATTEMPT_STRIDE = 1 << 16
+
+
+def attempt_floor(generation: int) -> int:
+    """Return the first attempt number of a generation."""
+    return generation * ATTEMPT_STRIDE
 
 
 def partition_routing_key(job: str, partition: str) -> str:
@@ -143,6 +183,19 @@ def partition_routing_key(job: str, partition: str) -> str:
 
 def partition_binding(partition: str) -> str:
     return f"*.part.{partition}"
+
+
+def replica_routing_key(job: str, worker: str, partition: str) -> str:
+    """Routing key of messages for one worker's replica of a partition."""
+    return f"{job}.w.{worker}.{partition}"
+
+
+def replica_binding(worker: str, partition: str) -> str:
+    return f"*.w.{worker}.{partition}"
+
+
+def assignment_routing_key(worker: str) -> str:
+    return f"assign.{worker}"
 
 
 def scheduler_routing_key(job: str) -> str:
@@ -194,9 +247,10 @@ def _check_fields(kind: ControlType, payload: Mapping[str, Any]) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise CodecError(RejectReason.INVALID_FIELD, f"{kind}: field {name!r} is negative")
     for name, expected_type in _OPTIONAL_FIELDS.get(kind, {}).items():
-        if name in payload and (
-            isinstance(payload[name], bool) or not isinstance(payload[name], expected_type)
-        ):
+        if name not in payload:
+            continue
+        value = payload[name]
+        if isinstance(value, bool) != (expected_type is bool) or not isinstance(value, expected_type):
             raise CodecError(
                 RejectReason.INVALID_FIELD, f"{kind}: field {name!r} must be {expected_type.__name__}"
             )

@@ -7,12 +7,18 @@ columns. When every micro-batch of the step has finished its backward pass,
 it commands the optimizer step and waits until every partition has applied
 it. Evaluation runs forward-only `inference` blocks.
 
-Failures are handled by rolling back. When a wait times out or a
-partition's workers stop sending heartbeats, the scheduler waits until every
-partition has a live worker again. It then makes all of them reload the last
-checkpoint, a step that every partition persisted, under a new generation,
-and replays the data from there. Steps are deterministic, so the final
-weights equal those of a run that never failed.
+A partition may have several replicas. Each micro-batch runs on a route
+that names one replica per partition, and a micro-batch whose route loses a
+worker or misses its deadline is run again on another route (`step.py`).
+Workers that join, or a new plan sent with `mpnn replan`, take effect at a
+step boundary whose weights are persisted.
+
+Failures that retries cannot fix are handled by rolling back. When a
+partition has no live replica left, or a step cannot be applied, the scheduler
+waits until every partition has a live worker again. It then makes all of them
+reload the last checkpoint, a step that every partition persisted, under a new
+generation, and replays the data from there. Steps are deterministic, so the
+final weights equal those of a run that never failed.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ from typing import Any, Callable
 import numpy as np
 
 from mpnn_async.data import Dataset, DatasetSpec, load_dataset
-from mpnn_async.data.batching import epoch_batches, split_micro_batches
-from mpnn_async.errors import ConfigError
+from mpnn_async.data.batching import epoch_batches
+from mpnn_async.errors import ConfigError, MpnnError, TransportError
 from mpnn_async.model.losses import Loss, loss_and_gradient
-from mpnn_async.planning import Plan
+from mpnn_async.planning import Plan, build_plan
 from mpnn_async.runtime import weights
 from mpnn_async.runtime.checkpoint import (
     Checkpoint,
@@ -41,11 +47,13 @@ from mpnn_async.runtime.checkpoint import (
 )
 from mpnn_async.runtime.job import JobSpec
 from mpnn_async.runtime.pipeline import JobChannel, JobFailedError, RecoveryNeeded
+from mpnn_async.runtime.pool import publish_assignments
 from mpnn_async.runtime.progress import ProgressEvent, ProgressRecorder
-from mpnn_async.runtime.protocol import ControlType, progress_routing_key
+from mpnn_async.runtime.protocol import progress_routing_key
+from mpnn_async.runtime.step import StepRunner
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport.base import Outgoing, Transport
-from mpnn_async.wire import MessageKind, encode_control
+from mpnn_async.wire import encode_control
 
 __all__ = ["JobFailedError", "JobResult", "JobRunner"]
 
@@ -82,6 +90,7 @@ class JobRunner:
         dataset: Dataset | None = None,
         ready_timeout_s: float = 120.0,
         step_timeout_s: float = 600.0,
+        micro_batch_timeout_s: float | None = None,
         heartbeat_timeout_s: float = 5.0,
         max_recoveries: int = 10,
         resume: bool = False,
@@ -107,6 +116,16 @@ class JobRunner:
             heartbeat_timeout_s=heartbeat_timeout_s,
             max_message_bytes=max_message_bytes,
         )
+        self.steps = StepRunner(
+            channel=self.channel,
+            loss=self.spec.loss,
+            micro_batch_rows=job.training.micro_batch_rows,
+            in_flight=job.training.in_flight,
+            micro_batch_timeout_s=micro_batch_timeout_s or step_timeout_s,
+            step_timeout_s=step_timeout_s,
+        )
+        # Set when workers joined or a re-plan arrived: the next step persists, then they take effect.
+        self._boundary_pending = False
         self.steps_done = 0
         self.recoveries = 0
         self.checkpoint: Checkpoint | None = None
@@ -133,7 +152,9 @@ class JobRunner:
             self.dataset = await loop.run_in_executor(None, lambda: load_dataset(spec, dtype=self.spec.np_dtype))
         self._check_dataset(self.dataset)
         self.checkpoint = await loop.run_in_executor(None, self._first_checkpoint)
-        self.channel.generation = self.checkpoint.generation
+        self.channel.set_generation(self.checkpoint.generation)
+        if self.checkpoint.plan_id and self.checkpoint.plan_id != self.plan.plan_id:
+            self._use_plan(Plan.from_dict(self.model_store.load_plan(self.checkpoint.plan_id)))
         log.info(
             "job.started job=%s plan=%s partitions=%s step=%d generation=%d resume=%s",
             self.name, self.plan.plan_id, ",".join(self.plan.partitions),
@@ -147,7 +168,7 @@ class JobRunner:
         except BaseException:
             # Let the workers free the failed job's state; the original error matters more.
             with contextlib.suppress(Exception):
-                await self.channel.publish_to_partitions(ControlType.JOB_END, job=self.name)
+                await self.channel.publish_job_end()
             raise
         finally:
             await self.channel.close()
@@ -189,7 +210,9 @@ class JobRunner:
             )
 
     async def _load_checkpoint_on_partitions(self, checkpoint: Checkpoint) -> None:
+        hosts = await self._wait_for_hosts()
         await self.channel.start_partitions(
+            workers=hosts,
             step=checkpoint.step,
             versions=checkpoint.versions,
             in_flight=self.job.training.in_flight,
@@ -197,7 +220,30 @@ class JobRunner:
             model=self.model_store.model,
             timeout_s=self.ready_timeout_s,
         )
-        log.info("job.partitions_ready job=%s generation=%d", self.name, self.channel.generation)
+        log.info(
+            "job.partitions_ready job=%s generation=%d replicas=%s",
+            self.name, self.channel.generation, self.channel.replicas.loaded,
+        )
+
+    async def _assign_pool_workers(self, reclaim: tuple[str, ...] = ()) -> None:
+        """Give idle pool workers partitions of this plan (none when no pool worker is idle)."""
+        try:
+            await publish_assignments(
+                self.transport, self.plan.partitions, self.channel.liveness, job=self.name, reclaim=reclaim
+            )
+        except TransportError as error:
+            log.warning("pool.assign_failed job=%s error=%s", self.name, error)
+
+    async def _wait_for_hosts(self, reclaim: tuple[str, ...] = ()) -> dict[str, list[str]]:
+        """Wait until every partition has a live worker, assigning pool workers as they appear."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            await self._assign_pool_workers(reclaim)
+            try:
+                return await self.channel.wait_for_live_workers(min(1.0, max(deadline - time.monotonic(), 0.0)))
+            except JobFailedError:
+                if time.monotonic() > deadline:
+                    raise
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -217,12 +263,11 @@ class JobRunner:
         if self.recoveries > self.max_recoveries:
             raise JobFailedError(f"job {self.name}: gave up after {self.max_recoveries} recoveries; last problem: {problem}")
         self.channel.forget_generation()
-        self.channel.generation += 1
+        self.channel.set_generation(self.channel.generation + 1)
         log.warning(
             "job.recovering job=%s problem=%s generation=%d checkpoint_step=%d",
             self.name, problem, self.channel.generation, self.checkpoint.step,
         )
-        await self.channel.wait_for_live_workers(self.ready_timeout_s)
         await self._load_checkpoint_on_partitions(self.checkpoint)
         self.steps_done = self.checkpoint.steps_done
 
@@ -266,7 +311,12 @@ class JobRunner:
             is_last = self.steps_done + 1 == training.max_steps or (
                 epoch == training.epochs - 1 and batch_index == len(batches) - 1
             )
-            persist = is_last or (self.steps_done + 1) % training.persist_every_steps == 0
+            persist = (
+                is_last
+                or (self.steps_done + 1) % training.persist_every_steps == 0
+                or self._boundary_pending
+                or self._membership_changed()
+            )
             loss, versions = await self._run_step(
                 step, self.dataset.x_train[indices], self.dataset.y_train[indices], persist=persist
             )
@@ -283,8 +333,10 @@ class JobRunner:
                         steps_done=self.steps_done,
                         versions=versions,
                         generation=self.channel.generation,
+                        plan_id=self.plan.plan_id,
                     )
                 )
+                await self._at_boundary(step, versions)
             elapsed_s = time.monotonic() - step_started
             await self._publish_progress(
                 ProgressEvent(
@@ -302,47 +354,80 @@ class JobRunner:
         self, step: int, inputs: np.ndarray, labels: np.ndarray, *, persist: bool
     ) -> tuple[float, dict[str, int]]:
         """Run one synchronous step; return its loss and each partition's store version after it."""
-        rows = inputs.shape[0]
-        slices = split_micro_batches(rows, self.job.training.micro_batch_rows)
-        window = asyncio.Semaphore(self.job.training.in_flight)
-        channel = self.channel
-        generation = channel.generation
+        outcome = await self.steps.run(step, inputs, self._targets(labels), persist=persist)
+        return outcome.loss, outcome.versions
 
-        async def run_micro_batch(micro_batch: int, part: slice) -> float:
-            async with window:
-                outputs = await channel.forward(
-                    MessageKind.ACTIVATION, step, micro_batch, inputs[part], timeout_s=self.step_timeout_s
-                )
-                loss, gradient = loss_and_gradient(
-                    self.spec.loss, outputs, self._targets(labels[part]), batch_rows=rows
-                )
-                await channel.send_output_gradient(step, micro_batch, gradient)
-                await channel.wait(
-                    ("mb_done", generation, step, micro_batch),
-                    self.step_timeout_s,
-                    f"the backward pass of step {step} micro-batch {micro_batch}",
-                )
-                return loss
+    # -- step boundaries -------------------------------------------------------------------
 
-        tasks = [asyncio.ensure_future(run_micro_batch(index, part)) for index, part in enumerate(slices)]
-        try:
-            losses = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        await channel.publish_to_partitions(
-            ControlType.STEP_APPLY,
-            job=self.name,
+    def _membership_changed(self) -> bool:
+        """Whether live workers host a partition of the plan that they have not loaded (or a re-plan waits)."""
+        if self.channel.replans:
+            self._boundary_pending = True
+            return True
+        loaded = self.channel.replicas.loaded
+        for partition, workers in self.channel.live_hosts().items():
+            if set(workers) - set(loaded[partition]):
+                return True
+        return False
+
+    async def _at_boundary(self, step: int, versions: dict[str, int]) -> None:
+        """After a persisted step: switch to a requested plan, then let new replicas load the weights."""
+        self._boundary_pending = False
+        if self.channel.replans:
+            await self._replan(self.channel.replans.pop(), step)
+            self.channel.replans.clear()
+            return
+        await self._assign_pool_workers()
+        hosts = self.channel.live_hosts()
+        loaded = self.channel.replicas.loaded
+        if all(set(hosts[partition]) <= set(loaded[partition]) for partition in hosts):
+            return
+        members = {partition: sorted(set(hosts[partition]) | set(self.channel.replicas.live(partition))) for partition in hosts}
+        log.info("job.replicas_changed job=%s step=%d replicas=%s", self.name, step, members)
+        await self._start_at(step, versions, members)
+
+    async def _start_at(self, step: int, versions: dict[str, int], members: dict[str, list[str]]) -> None:
+        await self.channel.start_partitions(
+            workers=members,
             step=step,
-            micro_batches=len(slices),
-            persist=persist,
-            generation=generation,
+            versions=versions,
+            in_flight=self.job.training.in_flight,
+            optimizer=self.job.optimizer.to_dict(),
+            model=self.model_store.model,
+            timeout_s=self.ready_timeout_s,
         )
-        reports = await channel.wait(("step_done", generation, step), self.step_timeout_s, f"step {step} to be applied")
-        versions = {partition: int(report["version"]) for partition, report in reports.items()}
-        return float(sum(losses)), versions
+
+    async def _replan(self, plan_table: dict[str, Any], step: int) -> None:
+        """Re-cut the persisted weights into a new plan and restart every partition on it."""
+        try:
+            new_plan = build_plan(self.spec, plan_table)
+        except MpnnError as error:
+            log.error("job.replan_rejected job=%s error=%s", self.name, error)
+            return
+        old_partitions = set(self.plan.partitions)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, weights.prepare_partitions, self.model_store, new_plan)
+        # The old plan's replicas drop their state; the new plan starts under a new generation.
+        await self.channel.publish_job_end()
+        self._use_plan(new_plan)
+        self.channel.set_generation(self.channel.generation + 1)
+        hosts = await self._wait_for_hosts(reclaim=tuple(sorted(old_partitions - set(new_plan.partitions))))
+        versions = {
+            partition: self.store.latest_version(self.model_store.partition_key(partition)) or 0
+            for partition in new_plan.partitions
+        }
+        log.info("job.replanned job=%s step=%d plan=%s partitions=%s", self.name, step, new_plan.plan_id, list(new_plan.partitions))
+        await self._start_at(step, versions, hosts)
+        assert self.checkpoint is not None
+        await self._save_checkpoint(
+            dataclasses.replace(
+                self.checkpoint, versions=versions, generation=self.channel.generation, plan_id=new_plan.plan_id
+            )
+        )
+
+    def _use_plan(self, plan: Plan) -> None:
+        self.plan = plan
+        self.channel.use_plan(plan)
 
     async def _save_checkpoint(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
@@ -366,9 +451,7 @@ class JobRunner:
 
         async def run_block(index: int, start: int) -> np.ndarray:
             async with window:
-                return await self.channel.forward(
-                    MessageKind.INFERENCE, step, index, x_test[start : start + rows], timeout_s=self.step_timeout_s
-                )
+                return await self.steps.forward_only(step, index, x_test[start : start + rows])
 
         outputs = np.concatenate(
             await asyncio.gather(*(run_block(i, start) for i, start in enumerate(range(0, x_test.shape[0], rows))))
@@ -414,7 +497,7 @@ class JobRunner:
                 state="finished",
             )
         )
-        await self.channel.publish_to_partitions(ControlType.JOB_END, job=self.name)
+        await self.channel.publish_job_end()
         wall_time_s = time.monotonic() - started
         return JobResult(
             job=self.name,

@@ -184,6 +184,7 @@ def load_partition_job(
     snapshot: str = "",
     version_number: int | None = None,
     generation: int = 0,
+    replicas: tuple[str, ...] = (),
 ) -> PartitionJob:
     """Build a partition's job state from a stored version (the latest unless given) or a snapshot.
 
@@ -231,6 +232,7 @@ def load_partition_job(
         version=latest if latest is not None and not snapshot else version.number,
         model_name=model_store.model,
         generation=generation,
+        replicas=replicas,
     )
 
 

@@ -8,33 +8,47 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import socket
 from typing import Any, Callable, Sequence
 
-from mpnn_async.errors import MpnnError, TransportError
+from mpnn_async.errors import ConfigError, MpnnError, TransportError
+from mpnn_async.planning.naming import validate_partition_names
 from mpnn_async.runtime import weights
 from mpnn_async.runtime.partition import Admission, ComputeResult, PartitionJob, RejectedBlock, Send
 from mpnn_async.runtime.protocol import (
     HEARTBEATS_ROUTING_KEY,
     ControlType,
     Rejection,
+    assignment_routing_key,
     control,
     parse_control,
     partition_binding,
     partition_routing_key,
+    replica_binding,
+    replica_routing_key,
     scheduler_routing_key,
 )
 from mpnn_async.store import ModelStore, Store
 from mpnn_async.transport.base import Delivery, Outgoing, QueueNotFoundError, Transport
-from mpnn_async.wire import BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
+from mpnn_async.wire import SCHEDULER, BlockHeader, CodecError, MessageKind, decode_block, encode_block, is_data_frame
 
-__all__ = ["Worker", "WorkerState"]
+__all__ = ["Worker", "WorkerState", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 
 # A consumer cancel that takes longer than this is abandoned during shutdown;
 # closing the connection then returns its unacknowledged messages to the queue.
 _CANCEL_TIMEOUT_S = 5.0
+
+# A worker's own queues outlive a lost connection by this long, so a worker cut off
+# for a while finds its queues again, and the queues of a dead worker go away.
+_WORKER_QUEUE_EXPIRES_S = 600.0
+
+
+def default_worker_id() -> str:
+    """Return `<host>-<pid>` with every character that a routing key word cannot hold replaced."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{os.getpid()}")[:64]
 
 
 class WorkerState(enum.Enum):
@@ -45,27 +59,39 @@ class WorkerState(enum.Enum):
 
 
 class Worker:
-    """Hosts partitions: one queue and one in-order handler per partition, all jobs alike."""
+    """Hosts partitions: their queues and one in-order handler per partition, all jobs alike.
+
+    A worker started with partitions hosts them for ever. A worker started
+    without any joins the pool: it waits on its assignment queue and hosts
+    whatever partitions a scheduler assigns it, changing them as the pool changes.
+
+    Each hosted partition has two queues: the shared `part.<partition>`, which
+    competing workers of the partition take turns on (serving requests), and
+    the worker's own `w.<worker>.<partition>`, which receives what a route sends
+    to this replica (training blocks, job and step control).
+    """
 
     def __init__(
         self,
         *,
         transport: Transport,
         store: Store,
-        partitions: Sequence[str],
+        partitions: Sequence[str] = (),
         worker_id: str | None = None,
         prefetch: int = 256,
         max_message_bytes: int = 128 * 1024 * 1024,
         executor: concurrent.futures.Executor | None = None,
-        heartbeat_s: float = 1.0,
+        heartbeat_s: float = 0.5,
         on_fatal: Callable[[str], None] | None = None,
+        max_partitions: int = 4,
     ) -> None:
-        if not partitions:
-            raise ValueError("a worker needs at least one partition")
         self.transport = transport
         self.store = store
-        self.partitions = tuple(partitions)
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.partitions: tuple[str, ...] = ()
+        self._fixed_partitions = tuple(partitions)
+        # A pool worker (started without partitions) takes assignments from schedulers.
+        self.assignable = not partitions
+        self.worker_id = worker_id or default_worker_id()
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
@@ -74,18 +100,24 @@ class Worker:
         self.fatal_reason: str | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeats_stopped = asyncio.Event()
-        self._queues: list[str] = []
+        # partition -> [(queue, consumer tag)]
+        self._hosted: dict[str, list[tuple[str, str]]] = {}
+        self._assignment_tag: str | None = None
+        self._assignment_lock = asyncio.Lock()
+        # One lock per partition: its two queues' handlers must not interleave.
+        self._partition_locks: dict[str, asyncio.Lock] = {}
         self.state = WorkerState.CREATED
         self.counters = {"received": 0, "dead_lettered": 0, "duplicates": 0, "superseded": 0}
         # jobs[job][partition]
         self._jobs: dict[str, dict[str, PartitionJob]] = {}
-        self._consumer_tags: list[str] = []
+        # (job, partition) -> the step.apply waiting for the other replicas' gradients.
+        self._pending_apply: dict[tuple[str, str], dict[str, Any]] = {}
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self.partitions), thread_name_prefix="mpnn-compute"
+            max_workers=max(len(partitions), max_partitions), thread_name_prefix="mpnn-compute"
         )
 
     def __repr__(self) -> str:
@@ -94,25 +126,97 @@ class Worker:
             f"jobs={sorted(self._jobs)} received={self.counters['received']}>"
         )
 
+    @property
+    def _queues(self) -> list[str]:
+        return [queue for queues in self._hosted.values() for queue, _ in queues]
+
     async def start(self) -> None:
-        """Declare this worker's partition queues and start consuming them."""
-        for partition in self.partitions:
+        """Declare this worker's queues and start consuming them."""
+        for partition in self._fixed_partitions:
+            await self._host(partition)
+        if self.assignable:
             queue = await self.transport.declare_queue(
-                f"part.{partition}", [partition_binding(partition)], durable=True
+                f"assign.{self.worker_id}",
+                [assignment_routing_key(self.worker_id)],
+                durable=False,
+                expires_s=_WORKER_QUEUE_EXPIRES_S,
             )
-            tag = await self.transport.consume(
-                queue, self._handler_for(partition), prefetch=self.prefetch
-            )
-            self._consumer_tags.append(tag)
-            self._queues.append(queue)
+            self._assignment_tag = await self.transport.consume(queue, self._on_assignment, prefetch=4)
         self.state = WorkerState.RUNNING
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         log.info(
-            "worker.started worker=%s partitions=%s prefetch=%d",
+            "worker.started worker=%s partitions=%s pool=%s prefetch=%d",
             self.worker_id,
-            ",".join(self.partitions),
+            ",".join(self.partitions) or "-",
+            self.assignable,
             self.prefetch,
         )
+
+    async def _host(self, partition: str) -> None:
+        """Start consuming the shared and the own queue of a partition."""
+        shared = await self.transport.declare_queue(f"part.{partition}", [partition_binding(partition)], durable=True)
+        own = await self.transport.declare_queue(
+            f"w.{self.worker_id}.{partition}",
+            [replica_binding(self.worker_id, partition)],
+            durable=False,
+            expires_s=_WORKER_QUEUE_EXPIRES_S,
+        )
+        handler = self._handler_for(partition)
+        queues = []
+        for queue in (own, shared):
+            queues.append((queue, await self.transport.consume(queue, handler, prefetch=self.prefetch)))
+        self._hosted[partition] = queues
+        self.partitions = tuple(self._hosted)
+
+    async def _unhost(self, partition: str) -> None:
+        """Stop consuming a partition's queues and drop its jobs; held blocks go back to the queue."""
+        for queue, tag in self._hosted.pop(partition, []):
+            await self._cancel_consumer(tag)
+            if queue.endswith(f"w.{self.worker_id}.{partition}"):
+                with contextlib.suppress(TransportError):
+                    await self.transport.delete_queue(queue)
+        self.partitions = tuple(self._hosted)
+        for job_name in list(self._jobs):
+            job = self._jobs[job_name].pop(partition, None)
+            if job is not None:
+                for held in job.pending_deliveries():
+                    await held.requeue()
+            if not self._jobs[job_name]:
+                del self._jobs[job_name]
+
+    async def _on_assignment(self, delivery: Delivery) -> None:
+        try:
+            kind, payload = parse_control(delivery.body, max_size_bytes=self.max_message_bytes)
+        except CodecError as error:
+            await self._dead_letter(delivery, str(error.reason), str(error), "-")
+            return
+        wanted = [str(name) for name in payload.get("partitions", [])]
+        problem = ""
+        if kind is not ControlType.WORKER_ASSIGN or payload["worker"] != self.worker_id:
+            problem = f"{kind} for worker {payload.get('worker')!r} reached the assignment queue of {self.worker_id!r}"
+        else:
+            try:
+                validate_partition_names(wanted, "partitions")
+            except ConfigError as error:
+                problem = str(error)
+        if problem:
+            await self._dead_letter(delivery, str(Rejection.INVALID_CONTROL), problem, "-")
+            return
+        async with self._assignment_lock:
+            for partition in [p for p in self.partitions if p not in wanted]:
+                await self._unhost(partition)
+            for partition in [p for p in wanted if p not in self._hosted]:
+                await self._host(partition)
+        log.info("worker.assigned worker=%s partitions=%s", self.worker_id, ",".join(self.partitions) or "-")
+        await delivery.ack()
+        # Tell schedulers at once instead of at the next beat.
+        await self._beat()
+
+    async def _cancel_consumer(self, tag: str) -> None:
+        try:
+            await asyncio.wait_for(self.transport.cancel(tag), _CANCEL_TIMEOUT_S)
+        except (asyncio.TimeoutError, TransportError) as error:
+            log.warning("worker.cancel_failed worker=%s tag=%s error=%r", self.worker_id, tag, error)
 
     async def stop(self, *, timeout_s: float = 30.0) -> None:
         """Stop consuming, let the running computation finish, requeue what is held."""
@@ -128,12 +232,11 @@ class Worker:
             if not done:
                 log.warning("worker.heartbeat_stop_timeout worker=%s", self.worker_id)
                 self._heartbeat_task.cancel()
-        for tag in self._consumer_tags:
-            try:
-                await asyncio.wait_for(self.transport.cancel(tag), _CANCEL_TIMEOUT_S)
-            except (asyncio.TimeoutError, TransportError) as error:
-                log.warning("worker.cancel_failed worker=%s tag=%s error=%r", self.worker_id, tag, error)
-        self._consumer_tags.clear()
+        tags = [tag for queues in self._hosted.values() for _, tag in queues]
+        if self._assignment_tag is not None:
+            tags.append(self._assignment_tag)
+        for tag in tags:
+            await self._cancel_consumer(tag)
         log.debug("worker.consumers_cancelled worker=%s busy=%d", self.worker_id, self._busy)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
@@ -153,6 +256,16 @@ class Worker:
         self.state = WorkerState.STOPPED
         log.info("worker.stopped worker=%s requeued=%d", self.worker_id, len(held))
 
+    async def _beat(self) -> None:
+        body = control(
+            ControlType.HEARTBEAT,
+            worker=self.worker_id,
+            partitions=list(self.partitions),
+            interval_s=self.heartbeat_s,
+            assignable=self.assignable,
+        )
+        await self.transport.publish(Outgoing(HEARTBEATS_ROUTING_KEY, body, persistent=False, mandatory=False))
+
     async def _heartbeat_loop(self) -> None:
         """Publish a heartbeat every `heartbeat_s`, and check that the partition queues exist.
 
@@ -160,18 +273,10 @@ class Worker:
         reaching aio-pika's robust consumer, so the worker would sit idle for
         ever. Finding the queue gone is fatal instead.
         """
-        body = control(
-            ControlType.HEARTBEAT,
-            worker=self.worker_id,
-            partitions=list(self.partitions),
-            interval_s=self.heartbeat_s,
-        )
         warned = False
         while not self._heartbeats_stopped.is_set():
             try:
-                await self.transport.publish(
-                    Outgoing(HEARTBEATS_ROUTING_KEY, body, persistent=False, mandatory=False)
-                )
+                await self._beat()
                 for queue in self._queues:
                     await self.transport.queue_depth(queue)
                 warned = False
@@ -192,11 +297,14 @@ class Worker:
             self.on_fatal(reason)
 
     def _handler_for(self, partition: str) -> Any:
+        lock = self._partition_locks.setdefault(partition, asyncio.Lock())
+
         async def handle(delivery: Delivery) -> None:
             self._busy += 1
             self._idle.clear()
             try:
-                await self._handle(partition, delivery)
+                async with lock:
+                    await self._handle(partition, delivery)
             finally:
                 self._busy -= 1
                 if self._busy == 0:
@@ -273,6 +381,10 @@ class Worker:
             await delivery.ack()
             return
         ready = job.add(header, block.array, delivery)
+        if header.kind is MessageKind.REPLICA_GRADIENT:
+            await delivery.ack()
+            await self._finish_replicated_apply(partition, job)
+            return
         for orphan in job.take_orphans():
             await orphan.ack()
         pending = [ready] if ready is not None else []
@@ -297,6 +409,7 @@ class Worker:
                 step=step,
                 micro_batch=micro_batch,
                 attempt=attempt,
+                worker=self.worker_id,
             )
             outgoing.append(Outgoing(scheduler_routing_key(job.job), body))
         return result, outgoing
@@ -311,9 +424,15 @@ class Worker:
             source=job.partition,
             destination=send.destination,
             attempt=send.attempt,
+            extra={"route": send.route} if send.route else {},
         )
-        if send.destination == "scheduler":
+        if send.worker:
+            routing_key = replica_routing_key(job.job, send.worker, send.destination)
+        elif send.destination == SCHEDULER:
             routing_key = scheduler_routing_key(job.job)
+        elif send.route:
+            worker = send.route[job.plan.partitions.index(send.destination)]
+            routing_key = replica_routing_key(job.job, worker, send.destination)
         else:
             routing_key = partition_routing_key(job.job, send.destination)
         # Losing an inference block loses no training work (the request times out and
@@ -331,6 +450,7 @@ class Worker:
         elif kind is ControlType.STEP_APPLY:
             await self._apply_step(partition, payload)
         elif kind is ControlType.JOB_END:
+            self._pending_apply.pop((job_name, partition), None)
             partition_jobs = self._jobs.get(job_name, {})
             job = partition_jobs.pop(partition, None)
             if job is not None:
@@ -350,12 +470,19 @@ class Worker:
         if current is not None and current.generation > generation:
             log.info("job.start_stale job=%s partition=%s generation=%d", job_name, partition, generation)
             return
-        if current is not None and current.generation == generation:
+        replicas = tuple(str(worker) for worker in payload.get("replicas", []))
+        if (
+            current is not None
+            and current.generation == generation
+            and current.step == payload["step"]
+            and current.replicas == replicas
+        ):
             # A redelivered start: the state is loaded already, so only confirm it again.
             await self._publish_ready(partition, current)
             return
         if current is not None:
-            # A rollback: the blocks held by the old generation will never complete.
+            # A rollback or a new replica set: the old state's held blocks will never complete.
+            self._pending_apply.pop((job_name, partition), None)
             for held in current.pending_deliveries():
                 await held.ack()
         loop = asyncio.get_running_loop()
@@ -368,21 +495,17 @@ class Worker:
                 "job.start_failed job=%s partition=%s error=%r", job_name, partition, error,
                 exc_info=not isinstance(error, MpnnError),
             )
-            await self._publish_control(
-                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
-            )
+            await self._publish_failure(job_name, partition, str(error))
             return
         problem = self._prefetch_problem(job, payload["in_flight"])
         if problem:
             log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, problem)
-            await self._publish_control(
-                job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=problem
-            )
+            await self._publish_failure(job_name, partition, problem)
             return
         self._jobs.setdefault(job_name, {})[partition] = job
         log.info(
-            "job.started job=%s partition=%s step=%d version=%d generation=%d",
-            job_name, partition, job.step, job.version, job.generation,
+            "job.started job=%s partition=%s step=%d version=%d generation=%d replicas=%d",
+            job_name, partition, job.step, job.version, job.generation, max(len(job.replicas), 1),
         )
         await self._publish_ready(partition, job)
 
@@ -408,6 +531,12 @@ class Worker:
             worker=self.worker_id,
             version=job.version,
             generation=job.generation,
+            step=job.step,
+        )
+
+    async def _publish_failure(self, job_name: str, partition: str, error: str) -> None:
+        await self._publish_control(
+            job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=error, worker=self.worker_id
         )
 
     def _load_job(self, partition: str, payload: dict[str, Any]) -> PartitionJob:
@@ -422,6 +551,7 @@ class Worker:
             snapshot=payload.get("snapshot", ""),
             version_number=payload.get("versions", {}).get(partition),
             generation=payload.get("generation", 0),
+            replicas=tuple(str(worker) for worker in payload.get("replicas", [])),
         )
 
     async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:
@@ -439,31 +569,59 @@ class Worker:
         if step < job.step:
             # A redelivered command for a step already applied: report it again, change nothing.
             log.info("step.already_applied job=%s partition=%s step=%d", job_name, partition, step)
-        else:
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(
-                    self._executor,
-                    self._apply_and_persist,
-                    job,
-                    step,
-                    payload["micro_batches"],
-                    payload["persist"],
-                )
-            except (MpnnError, ValueError) as error:
-                log.error("step.failed job=%s partition=%s step=%d error=%s", job_name, partition, step, error)
-                await self._publish_control(
-                    job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=str(error)
-                )
-                return
+            await self._publish_step_done(job, step)
+            return
+        if len(job.replicas) > 1:
+            await self._start_replicated_apply(partition, job, payload)
+            return
+        await self._run_apply(job, payload)
+
+    async def _start_replicated_apply(self, partition: str, job: PartitionJob, payload: dict[str, Any]) -> None:
+        """Send the gradients this replica holds to the others; apply once it has them all."""
+        holders = [str(worker) for worker in payload.get("holders", [])]
+        if len(holders) != payload["micro_batches"]:
+            raise RejectedBlock(
+                Rejection.INVALID_CONTROL,
+                f"step.apply names {len(holders)} holders for {payload['micro_batches']} micro-batches",
+            )
+        sends = job.replica_sends(payload["step"], holders, self.worker_id)
+        await self.transport.publish_many(self._encode_send(job, send) for send in sends)
+        self._pending_apply[(job.job, partition)] = payload
+        await self._finish_replicated_apply(partition, job)
+
+    async def _finish_replicated_apply(self, partition: str, job: PartitionJob) -> None:
+        payload = self._pending_apply.get((job.job, partition))
+        if payload is None or payload["step"] != job.step or job.missing_micro_batches(payload["micro_batches"]):
+            return
+        del self._pending_apply[(job.job, partition)]
+        await self._run_apply(job, payload)
+
+    async def _run_apply(self, job: PartitionJob, payload: dict[str, Any]) -> None:
+        step = payload["step"]
+        replicas = payload.get("replicas") or [self.worker_id]
+        # Only the first replica writes the partition to the store.
+        persist = payload["persist"] and replicas[0] == self.worker_id
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._executor, self._apply_and_persist, job, step, payload["micro_batches"], persist
+            )
+        except (MpnnError, ValueError) as error:
+            log.error("step.failed job=%s partition=%s step=%d error=%s", job.job, job.partition, step, error)
+            await self._publish_failure(job.job, job.partition, str(error))
+            return
+        await self._publish_step_done(job, step)
+
+    async def _publish_step_done(self, job: PartitionJob, step: int) -> None:
         await self._publish_control(
-            job_name,
+            job.job,
             ControlType.STEP_DONE,
-            job=job_name,
-            partition=partition,
+            job=job.job,
+            partition=job.partition,
             step=step,
             version=job.version,
             generation=job.generation,
+            worker=self.worker_id,
         )
 
     def _apply_and_persist(
@@ -471,7 +629,13 @@ class Worker:
     ) -> None:
         job.apply_step(step, micro_batches)
         if persist:
-            weights.save_partition_job(ModelStore(self.store, job.model_name), job)
+            model_store = ModelStore(self.store, job.model_name)
+            if len(job.replicas) > 1:
+                # Another replica may have written the partition before this one became
+                # the first replica; the scheduler lets one replica write at a time.
+                latest = self.store.latest_version(model_store.partition_key(job.partition))
+                job.version = max(job.version, latest or 0)
+            weights.save_partition_job(model_store, job)
 
     async def _publish_control(self, job_name: str, kind: ControlType, **payload: Any) -> None:
         await self.transport.publish(

@@ -191,10 +191,13 @@ class Transport(abc.ABC):
         durable: bool = True,
         exclusive: bool = False,
         auto_delete: bool = False,
+        expires_s: float | None = None,
     ) -> str:
         """Declare a queue bound to the data exchange by `routing_keys`; return its full name.
 
         Routing keys are topic patterns (`*` one word, `#` zero or more).
+        `expires_s` deletes the queue after that long without consumers (RabbitMQ's
+        `x-expires`); in-process queues live as long as their transport's broker.
         Declaring an existing queue adds bindings and never removes any; it
         raises `QueueMismatchError` if durable, exclusive or auto_delete differ.
         Rejected messages of every declared queue go to the dead-letter queue.

@@ -292,6 +292,7 @@ class MemoryTransport(Transport):
         durable: bool = True,
         exclusive: bool = False,
         auto_delete: bool = False,
+        expires_s: float | None = None,
     ) -> str:
         self._check_open()
         full_name = self.queue_name(local_name)

@@ -275,6 +275,7 @@ class RabbitMQTransport(Transport):
         durable: bool = True,
         exclusive: bool = False,
         auto_delete: bool = False,
+        expires_s: float | None = None,
     ) -> str:
         admin = self._require_open(self._admin)
         full_name = self.queue_name(local_name)
@@ -285,6 +286,8 @@ class RabbitMQTransport(Transport):
         # Messages that the broker itself dead-letters (a basic.reject without
         # requeue, a delivery limit) go to the dead-letter queue as well.
         arguments: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter_exchange}
+        if expires_s is not None:
+            arguments["x-expires"] = max(1, round(expires_s * 1000))
 
         async with self._probe(f"declare queue {full_name!r}") as probe:
             try:

@@ -50,6 +50,9 @@ class MessageKind(enum.StrEnum):
     GRADIENT = "gradient"
     # Forward-only block of an evaluation or serving request; no backward pass follows.
     INFERENCE = "inference"
+    # One micro-batch's weight and bias gradients of a layer, from one replica of a
+    # partition to the others: the weight gradient with the bias gradient as its last column.
+    REPLICA_GRADIENT = "replica_gradient"
 
 
 class MessageId(NamedTuple):
