@@ -31,6 +31,10 @@ class RuntimeSettings:
     prefetch: int = 256
     shutdown_timeout_s: float = 30.0
     ready_timeout_s: float = 120.0
+    # Scheduler: time for one step to be applied, and for one micro-batch attempt
+    # before it is retried on another route.
+    step_timeout_s: float = 600.0
+    micro_batch_timeout_s: float = 120.0
     # Threads of the BLAS library in a worker process; None keeps the library's
     # own default (OpenBLAS: one per core of the host).
     blas_threads: int | None = None

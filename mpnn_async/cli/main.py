@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # Each module under mpnn_async.cli named here defines `register(subparsers)`,
 # which adds its subparser and sets `handler` to a function(args) -> ExitCode.
-SUBCOMMANDS = ("plan", "train", "worker", "scheduler", "submit", "status", "snapshot", "serve", "infer", "watch", "plot", "import_weights", "export", "resume")
+SUBCOMMANDS = ("plan", "train", "worker", "scheduler", "submit", "status", "snapshot", "serve", "infer", "watch", "plot", "import_weights", "export", "resume", "replan")
 
 
 def build_parser() -> argparse.ArgumentParser:

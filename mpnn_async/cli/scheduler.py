@@ -33,6 +33,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         help="seconds to let the running job finish after SIGTERM (default 30)",
     )
+    parser.add_argument(
+        "--micro-batch-timeout",
+        dest="micro_batch_timeout_s",
+        type=float,
+        help="seconds one micro-batch attempt may take before it is retried on another route "
+        "(env MPNN_MICRO_BATCH_TIMEOUT_S, default 120)",
+    )
+    parser.add_argument(
+        "--step-timeout",
+        dest="step_timeout_s",
+        type=float,
+        help="seconds for every replica to apply a step before the job rolls back "
+        "(env MPNN_STEP_TIMEOUT_S, default 600)",
+    )
     add_check_argument(parser)
     add_metrics_arguments(parser)
     parser.set_defaults(handler=run)

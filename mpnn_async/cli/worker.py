@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 
 from mpnn_async.cli.common import settings_from_args
@@ -31,14 +32,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "worker",
         help="run a partition worker daemon",
         description="Host one or more partitions: consume their queues, compute their neurons, "
-        "persist their weights to the store. Stops cleanly on SIGTERM.",
+        "persist their weights to the store. Without --partition the worker joins the pool and "
+        "hosts the partitions that schedulers assign it. Stops cleanly on SIGTERM.",
     )
     parser.add_argument(
         "--partition",
         dest="partitions",
         action="append",
-        required=True,
-        help="partition to host (repeat for several)",
+        default=[],
+        help="partition to host (repeat for several); leave out to join the pool",
+    )
+    parser.add_argument(
+        "--worker-id",
+        help="this worker's id in routes and heartbeats: letters, digits, '_' and '-' "
+        "(default: <host>-<pid>)",
     )
     add_runtime_arguments(parser)
     parser.add_argument("--config", help="TOML file whose [runtime] table gives defaults")
@@ -64,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args, args.config)
     validate_partition_names(args.partitions, "--partition")
+    if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", args.worker_id):
+        raise ConfigError(
+            "--worker-id", f"invalid id {args.worker_id!r}", fix="use 1 to 64 letters, digits, '_' or '-'"
+        )
     if not settings.broker_url:
         raise ConfigError(
             "--broker", "missing", fix="give --broker amqp://... or set MPNN_BROKER_URL; "
@@ -73,7 +84,9 @@ def run(args: argparse.Namespace) -> ExitCode:
         return run_health_check(settings, command="worker", queues=worker_queues(args.partitions))
     # Before the first matrix product, so no product runs with the default pool.
     limit_blas_threads(settings.blas_threads)
-    fatal_reason = asyncio.run(_serve(settings, args.partitions, MetricsOptions.from_args(args)))
+    fatal_reason = asyncio.run(
+        _serve(settings, args.partitions, MetricsOptions.from_args(args), worker_id=args.worker_id)
+    )
     if fatal_reason is not None:
         print(f"mpnn worker: stopped: {fatal_reason}", file=sys.stderr)
         return ExitCode.FAILED
@@ -81,7 +94,7 @@ def run(args: argparse.Namespace) -> ExitCode:
 
 
 async def _serve(
-    settings: RuntimeSettings, partitions: list[str], metrics: MetricsOptions
+    settings: RuntimeSettings, partitions: list[str], metrics: MetricsOptions, *, worker_id: str | None = None
 ) -> str | None:
     """Run the worker until SIGTERM; return why it had to stop on its own, if it did."""
     stop = asyncio.Event()
@@ -96,6 +109,7 @@ async def _serve(
         transport=exporter.transport,
         store=store,
         partitions=partitions,
+        worker_id=worker_id,
         prefetch=settings.prefetch,
         max_message_bytes=settings.max_message_bytes,
         # A worker that cannot consume any more exits non-zero so its supervisor restarts it.

@@ -77,19 +77,20 @@ class ReplicaSet:
     def replicas(self, partition: str) -> list[str]:
         return list(self.loaded[partition])
 
-    def pick(self, micro_batch: int, *, avoid: Iterable[str] = ()) -> Route:
+    def pick(self, micro_batch: int, *, avoid: Iterable[tuple[str, str]] = ()) -> Route:
         """Return a route for one attempt of a micro-batch.
 
         Each partition gets its live replica with the fewest micro-batches in
-        flight, skipping `avoid` (workers that failed this micro-batch) unless no
-        other replica is live. Ties go round-robin by micro-batch index.
+        flight, skipping the (partition, worker) pairs in `avoid` (earlier
+        attempts of this micro-batch that missed their deadline) unless no other
+        replica is live. Ties go round-robin by micro-batch index.
         """
         avoided = set(avoid)
         route = []
         missing = []
         for partition in self.plan.partitions:
             live = self.live(partition)
-            preferred = [worker for worker in live if worker not in avoided] or live
+            preferred = [worker for worker in live if (partition, worker) not in avoided] or live
             if not preferred:
                 missing.append(partition)
                 continue

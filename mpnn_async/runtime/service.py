@@ -80,6 +80,8 @@ class SchedulerService:
                 transport=self.transport,
                 store=self.store,
                 ready_timeout_s=self.settings.ready_timeout_s,
+                step_timeout_s=self.settings.step_timeout_s,
+                micro_batch_timeout_s=self.settings.micro_batch_timeout_s,
                 max_message_bytes=self.settings.max_message_bytes,
                 resume=True,
             )

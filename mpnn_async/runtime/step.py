@@ -144,7 +144,7 @@ class StepRunner:
     ) -> tuple[T, Route]:
         """Run `attempt_once` on fresh routes until it succeeds; return its result and route."""
         replicas = self.channel.replicas
-        avoid: set[str] = set()
+        avoid: set[tuple[str, str]] = set()
         for retry in range(self.max_retries + 1):
             attempt = self.channel.new_attempt()
             try:
@@ -163,7 +163,8 @@ class StepRunner:
                         log.warning("replica.dropped job=%s worker=%s reason=heartbeat_lost", self.channel.job, worker)
                         replicas.drop(worker)
                 else:
-                    avoid |= failure.workers
+                    # Which worker is late is unknown: the next attempt takes another replica wherever one is live.
+                    avoid |= set(zip(self.channel.plan.partitions, route, strict=True))
                 log.warning(
                     "micro_batch.retry job=%s step=%d mb=%d attempt=%d retry=%d problem=%s",
                     self.channel.job, step, micro_batch, attempt, retry + 1, failure,
