@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args, args.config)
-    validate_partition_names(args.partitions, "--partition")
+    if args.partitions:
+        validate_partition_names(args.partitions, "--partition")
     if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", args.worker_id):
         raise ConfigError(
             "--worker-id", f"invalid id {args.worker_id!r}", fix="use 1 to 64 letters, digits, '_' or '-'"
