@@ -6,7 +6,8 @@ import re
 from collections.abc import Iterable
 
 from mpnn_async.errors import ConfigError, InvalidInputError
-from mpnn_async.transport.base import MessageTooLargeError, Outgoing
+from mpnn_async.transport.base import MAX_CHUNKS_PER_MESSAGE, MessageTooLargeError, Outgoing
+from mpnn_async.transport.chunking import chunk_count
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -61,7 +62,7 @@ def validate_max_message_bytes(max_message_bytes: int) -> None:
         raise ConfigError(
             "max_message_bytes",
             f"must be a positive integer, got {max_message_bytes!r}",
-            fix="set it to the broker's max_message_size (RabbitMQ 3.10 default 134217728)",
+            fix="set it to the broker's max_message_size (default 134217728 on RabbitMQ 3.x, 16777216 from 4.0)",
         )
 
 
@@ -89,7 +90,8 @@ def validate_outgoing(message: Outgoing, *, max_message_bytes: int) -> None:
     """Raise InvalidInputError (MessageTooLargeError for size) unless `message` can be published.
 
     Only the body counts toward `max_message_bytes`, as in RabbitMQ's
-    `max_message_size`; headers are bounded by the AMQP frame size instead.
+    `max_message_size`; headers are bounded by the AMQP frame size instead. A
+    larger body is published in chunks, up to `MAX_CHUNKS_PER_MESSAGE` of them.
     """
     if not isinstance(message.body, bytes):
         raise InvalidInputError(
@@ -97,11 +99,11 @@ def validate_outgoing(message: Outgoing, *, max_message_bytes: int) -> None:
             f"got {type(message.body).__name__}; convert it with bytes(...)"
         )
     size_bytes = len(message.body)
-    if size_bytes > max_message_bytes:
+    if size_bytes > max_message_bytes and chunk_count(size_bytes, max_message_bytes) > MAX_CHUNKS_PER_MESSAGE:
         raise MessageTooLargeError(
             f"message body for routing key {message.routing_key!r} is {size_bytes} bytes, over the "
-            f"maximum of {max_message_bytes} (max_message_bytes); send it in smaller blocks, or raise "
-            "the broker's max_message_size and max_message_bytes together"
+            f"maximum of {MAX_CHUNKS_PER_MESSAGE} chunks of {max_message_bytes} bytes (max_message_bytes); "
+            "send it in smaller blocks, or raise the broker's max_message_size and max_message_bytes together"
         )
     if len(message.routing_key.encode()) > MAX_NAME_BYTES:
         raise InvalidInputError(
