@@ -7,6 +7,10 @@ acknowledged, until the last one arrives; then the handler gets one
 settles every chunk. A consumer that stops or loses its channel before that
 leaves every chunk to the broker, which delivers them all again.
 
+Chunks that were dead-lettered (they carry `x-mpnn-reject-reason`) reach
+the handler one by one, unassembled, so a consumer of the dead-letter queue
+sees every chunk, including those of sets that never completed.
+
 What the assembler does with chunks that cannot become a message:
 
 - a duplicate of a chunk it holds, or of a message its handler holds: acked
@@ -37,7 +41,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from mpnn_async.transport.base import Delivery, Handler, call_handler
+from mpnn_async.transport.base import REJECT_REASON_HEADER, Delivery, Handler, call_handler
 from mpnn_async.transport.chunking import (
     COUNT_HEADER,
     PUBLISHER_HEADER,
@@ -232,6 +236,11 @@ class ChunkAssembler:
     # -- receiving -------------------------------------------------------------------------
 
     async def _receive_chunk(self, delivery: Delivery) -> None:
+        if REJECT_REASON_HEADER in delivery.headers:
+            # A dead-lettered chunk, read from the dead-letter queue: handed over as it
+            # is, because that queue also holds chunks of sets that never completed.
+            await call_handler(self.handler, delivery, consumer_tag=self.consumer_tag or self.queue)
+            return
         try:
             header = ChunkHeader.from_headers(delivery.headers, body_bytes=len(delivery.body))
         except InvalidChunkHeaderError as error:
@@ -268,8 +277,7 @@ class ChunkAssembler:
                 "handler holds, or raise max_message_bytes with the broker's max_message_size"
             )
             return [self._reject_message(key, (delivery,), header, ChunkRejection.COUNT_OVER_PREFETCH, detail)], None
-        handed = self._handed.get(key)
-        if handed is not None and not handed.is_stale:
+        if key in self._handed:
             self.counters["duplicate_chunks"] += 1
             return [_Settle((delivery,), _ACKED, header.message_id)], None
 
