@@ -50,7 +50,8 @@ async def run_job_locally(
             transport=transport,
             store=store,
             ready_timeout_s=settings.ready_timeout_s,
-            max_message_bytes=settings.max_message_bytes,
+            # Blocks over the broker's limit arrive reassembled from chunks, so decode up to the body limit.
+            max_message_bytes=transport.max_body_bytes,
             on_progress=on_progress,
             resume=resume,
         )
@@ -61,7 +62,7 @@ async def run_job_locally(
                 partitions=plan.partitions,
                 worker_id="embedded",
                 prefetch=settings.prefetch,
-                max_message_bytes=settings.max_message_bytes,
+                max_message_bytes=transport.max_body_bytes,
             )
             await worker.start()
             try:

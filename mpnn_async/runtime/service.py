@@ -80,7 +80,7 @@ class SchedulerService:
                 transport=self.transport,
                 store=self.store,
                 ready_timeout_s=self.settings.ready_timeout_s,
-                max_message_bytes=self.settings.max_message_bytes,
+                max_message_bytes=self.transport.max_body_bytes,
                 resume=True,
             )
             result = await runner.run()
