@@ -70,7 +70,7 @@ REJECT_QUEUE_HEADER = "x-mpnn-reject-queue"
 # Reject reason for a delivery whose handler raised without settling it.
 HANDLER_ERROR_REASON = "handler-error"
 
-# A consumer holds every chunk of a message unacknowledged until the whole
+# A consumer keeps every chunk of a message unacknowledged until the whole
 # message is handled, and AMQP's prefetch count is 16 bits, so no consumer can
 # receive a message of more chunks than this.
 MAX_CHUNKS_PER_MESSAGE = 65535

@@ -11,9 +11,9 @@ Every chunk carries the original message's headers and properties plus the
 `x-mpnn-chunk-*` headers below. A message is identified by its publisher (a
 random id per transport object) and a sequence number that grows with each
 chunked message of that publisher. A publisher sends the chunks of one
-message before any chunk of its next chunked message (`ChunkPublisher` holds
-a lock for that), so a queue receives each publisher's chunk sets one after
-the other; the consumer relies on that to detect a set whose remaining
+message before any chunk of its next chunked message, under a lock in
+`ChunkPublisher`. So a queue receives each publisher's chunk sets one after
+the other, and the consumer relies on that to detect a set whose remaining
 chunks will never come.
 """
 

@@ -42,6 +42,7 @@ from mpnn_async.transport.rabbitmq_consumer import RabbitMQConsumer
 from mpnn_async.transport.reassembly import ChunkAssembler
 from mpnn_async.transport.urls import redact_text, redact_url
 from mpnn_async.transport.validation import (
+    broker_limit_warning,
     validate_local_name,
     validate_max_message_bytes,
     validate_namespace,
@@ -178,6 +179,7 @@ class RabbitMQTransport(Transport):
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._state = "open"
         log.info("transport.connected kind=rabbitmq url=%s namespace=%s", self.redacted_url, self.namespace)
+        self._warn_if_over_broker_default(connection)
 
     async def _connect_with_retries(self) -> AbstractRobustConnection:
         settings = self.settings
@@ -238,6 +240,14 @@ class RabbitMQTransport(Transport):
         self._dead_letter_exchange = await self._publisher.get_exchange(
             self.dead_letter_exchange, ensure=False
         )
+
+    def _warn_if_over_broker_default(self, connection: AbstractRobustConnection) -> None:
+        underlay = connection.transport
+        if underlay is None:
+            return
+        warning = broker_limit_warning(underlay.connection.server_properties, self.max_message_bytes)
+        if warning is not None:
+            log.warning("transport.max_message_bytes_over_broker_default url=%s %s", self.redacted_url, warning)
 
     def _on_connection_closed(self, _connection: object, error: BaseException | None = None) -> None:
         if self._state != "open":

@@ -1,9 +1,9 @@
 """Reassemble chunked messages (see `chunking`) on the consuming side, before the handler runs.
 
 `ChunkAssembler` wraps a consumer's handler. A delivery without chunk headers
-goes to the handler unchanged. The chunks of a message are held, none of them
-acknowledged, until the last one arrives; then the handler gets one
-`AssembledDelivery` with the whole body, and its ack, requeue or reject
+goes to the handler unchanged. The chunks of a message are kept, none of them
+acknowledged, until the last one arrives. Then the handler gets one
+`AssembledDelivery` with the whole body, whose ack, requeue or reject
 settles every chunk. A consumer that stops or loses its channel before that
 leaves every chunk to the broker, which delivers them all again.
 
@@ -79,7 +79,7 @@ class ChunkRejection(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Outcome:
-    """How a whole message was settled: acked, or rejected with a reason."""
+    """The settlement of a whole message: ack, or reject with a reason."""
 
     action: Literal["ack", "reject"]
     reason: str = ""
@@ -103,7 +103,7 @@ class _PartialMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Settle:
-    """I/O that a state change asks for: settle these chunk deliveries as `outcome` says."""
+    """I/O requested by a state change: settle these chunk deliveries as `outcome` states."""
 
     deliveries: tuple[Delivery, ...]
     outcome: _Outcome
@@ -238,7 +238,7 @@ class ChunkAssembler:
     async def _receive_chunk(self, delivery: Delivery) -> None:
         if REJECT_REASON_HEADER in delivery.headers:
             # A dead-lettered chunk, read from the dead-letter queue: handed over as it
-            # is, because that queue also holds chunks of sets that never completed.
+            # is, because that queue also contains chunks of sets that never completed.
             await call_handler(self.handler, delivery, consumer_tag=self.consumer_tag or self.queue)
             return
         try:
@@ -260,8 +260,8 @@ class ChunkAssembler:
     ) -> tuple[list[_Settle], _PartialMessage | None]:
         """Record one chunk; return the settles to perform and the message it completed, if any.
 
-        Changes state only, without awaiting, so that no settle running in
-        another task sees a half-made change.
+        Changes state only, without awaiting, so that a settle running in
+        another task never finds a half-made change.
         """
         self._forget_stale()
         key = header.message_key

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from mpnn_async.errors import ConfigError, InvalidInputError
 from mpnn_async.transport.base import MAX_CHUNKS_PER_MESSAGE, MessageTooLargeError, Outgoing
@@ -11,6 +12,8 @@ from mpnn_async.transport.chunking import chunk_count
 
 __all__ = [
     "MAX_NAME_BYTES",
+    "RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES",
+    "broker_limit_warning",
     "validate_local_name",
     "validate_max_message_bytes",
     "validate_namespace",
@@ -64,6 +67,30 @@ def validate_max_message_bytes(max_message_bytes: int) -> None:
             f"must be a positive integer, got {max_message_bytes!r}",
             fix="set it to the broker's max_message_size (default 134217728 on RabbitMQ 3.x, 16777216 from 4.0)",
         )
+
+
+# RabbitMQ's default max_message_size from 4.0 on; 3.x defaults to 128 MiB.
+RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def broker_limit_warning(server_properties: Mapping[str, Any], max_message_bytes: int) -> str | None:
+    """Return a warning if `max_message_bytes` is over the default max_message_size of this RabbitMQ version.
+
+    A broker with a raised max_message_size is fine, but the limit cannot be
+    read over AMQP, so this only warns. Returns None for other brokers and
+    for versions it cannot parse.
+    """
+    if server_properties.get("product") != "RabbitMQ":
+        return None
+    version = str(server_properties.get("version", ""))
+    major = version.partition(".")[0]
+    if not major.isdigit() or int(major) < 4 or max_message_bytes <= RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES:
+        return None
+    return (
+        f"max_message_bytes is {max_message_bytes}, but RabbitMQ {version} rejects bodies over its "
+        f"max_message_size, {RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES} by default, by closing the channel; set "
+        f"max_message_bytes (MPNN_MAX_MESSAGE_BYTES) to the broker's max_message_size"
+    )
 
 
 def validate_local_name(full_name: str, local_name: str) -> None:

@@ -45,7 +45,7 @@ def with_headers(message: Outgoing, **changes: Any) -> Outgoing:
 
 
 class Receiver(Inbox):
-    """A handler that acks every delivery except probes, which it holds until `check_slots_free` ends."""
+    """A handler that acks every delivery except probes, which it keeps until `check_slots_free` ends."""
 
     def __init__(self) -> None:
         super().__init__(auto_ack=False)

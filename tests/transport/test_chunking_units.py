@@ -19,6 +19,7 @@ from mpnn_async.transport.chunking import (
     chunk_count,
     strip_chunk_headers,
 )
+from mpnn_async.transport.validation import broker_limit_warning
 from tests.transport.chunks import random_bytes
 
 
@@ -110,3 +111,21 @@ def test_same_message_ignores_index_only():
 
     assert header.same_message_as(other_index)
     assert not header.same_message_as(other_count)
+
+
+@pytest.mark.parametrize(
+    ("properties", "max_message_bytes", "warns"),
+    [
+        ({"product": "RabbitMQ", "version": "4.0.5"}, 128 * 1024 * 1024, True),
+        ({"product": "RabbitMQ", "version": "4.1.0"}, 16 * 1024 * 1024, False),
+        ({"product": "RabbitMQ", "version": "3.10.8"}, 128 * 1024 * 1024, False),
+        ({"product": "RabbitMQ", "version": "unknown"}, 128 * 1024 * 1024, False),
+        ({"product": "LavinMQ", "version": "4.0.0"}, 128 * 1024 * 1024, False),
+    ],
+)
+def test_broker_limit_warning_for_rabbitmq_4(properties, max_message_bytes, warns):
+    warning = broker_limit_warning(properties, max_message_bytes)
+
+    assert (warning is not None) == warns
+    if warns:
+        assert "RabbitMQ 4.0.5 rejects bodies over its max_message_size, 16777216 by default" in warning
