@@ -7,7 +7,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mpnn_async.model.kernels import WeightGradient
+
 __all__ = ["Gather", "OrderedAccumulator"]
+
+# One gradient part: an array, or a weight gradient kept as its factors.
+GradientPart = np.ndarray | WeightGradient
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,12 +54,16 @@ class OrderedAccumulator:
     Floating-point addition is not associative, so summing in arrival order
     would make the weights depend on message timing. Out-of-order results wait
     in `pending` until every earlier micro-batch has been added.
+
+    A part may be a WeightGradient: it waits in `pending` as its factors and
+    is multiplied out into the total in row chunks, so the accumulator holds
+    one gradient-sized array per part, not two.
     """
 
     def __init__(self) -> None:
         self.total: list[np.ndarray] | None = None
         self.next_micro_batch = 0
-        self.pending: dict[int, list[np.ndarray]] = {}
+        self.pending: dict[int, list[GradientPart]] = {}
 
     def __repr__(self) -> str:
         return f"<OrderedAccumulator next={self.next_micro_batch} pending={sorted(self.pending)}>"
@@ -62,17 +71,17 @@ class OrderedAccumulator:
     def has(self, micro_batch: int) -> bool:
         return micro_batch < self.next_micro_batch or micro_batch in self.pending
 
-    def add(self, micro_batch: int, gradients: Iterable[np.ndarray]) -> None:
+    def add(self, micro_batch: int, gradients: Iterable[GradientPart]) -> None:
         if self.has(micro_batch):
             raise ValueError(f"micro-batch {micro_batch} was already accumulated")
         self.pending[micro_batch] = list(gradients)
         while self.next_micro_batch in self.pending:
             parts = self.pending.pop(self.next_micro_batch)
             if self.total is None:
-                self.total = [part.copy() for part in parts]
+                self.total = [_to_new_array(part) for part in parts]
             else:
                 for total, part in zip(self.total, parts):
-                    total += part
+                    _add_part(total, part)
             self.next_micro_batch += 1
 
     def take(self, micro_batches: int) -> list[np.ndarray]:
@@ -86,3 +95,14 @@ class OrderedAccumulator:
         self.total = None
         self.next_micro_batch = 0
         return total
+
+
+def _to_new_array(part: GradientPart) -> np.ndarray:
+    return part.to_array() if isinstance(part, WeightGradient) else part.copy()
+
+
+def _add_part(total: np.ndarray, part: GradientPart) -> None:
+    if isinstance(part, WeightGradient):
+        part.add_to(total)
+    else:
+        total += part
