@@ -6,9 +6,12 @@ a topic exchange, published with publisher confirms and `mandatory`, and
 consumed with manual acks. The same setup is built twice in this process, on two
 connections: once through `RabbitMQTransport` (publish + consume with a
 handler) and once with plain aio-pika calls. Samples alternate between the
-two, one hop at a time, for a 64 KiB and a 4 MiB body. Usage:
+two, one hop at a time, for a 64 KiB and a 4 MiB body. With
+`--max-message-bytes` below a body's size, the transport sends that body in
+chunks while plain aio-pika still sends one message, which measures the cost
+of chunking. Usage:
 
-    python bench/hop_latency.py [--broker URL] [--hops 200]
+    python bench/hop_latency.py [--broker URL] [--hops 200] [--max-message-bytes 1048576]
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ class Arrivals:
         return await asyncio.wait_for(self.queue.get(), 30)
 
 
-async def ours(url: str, namespace: str) -> tuple[object, object]:
-    transport = await open_transport(url, namespace=namespace, max_message_bytes=128 << 20)
+async def ours(url: str, namespace: str, max_message_bytes: int) -> tuple[object, object]:
+    transport = await open_transport(url, namespace=namespace, max_message_bytes=max_message_bytes)
     arrivals = Arrivals()
     queue = await transport.declare_queue("hop", ["hop.ours"], durable=True)
 
@@ -103,13 +106,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", default=os.environ.get("MPNN_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     parser.add_argument("--hops", type=int, default=200)
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=128 << 20,
+        help="the transport's max_message_bytes; larger bodies are sent in chunks (default 134217728)",
+    )
     args = parser.parse_args()
 
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     print(machine_line())
     print(f"broker {namespace}; persistent messages, durable queue, confirms, mandatory, manual ack; "
-          f"{args.hops} hops per size and path, alternating")
-    transport, ours_hop = await ours(args.broker, namespace)
+          f"{args.hops} hops per size and path, alternating; max_message_bytes {args.max_message_bytes}")
+    transport, ours_hop = await ours(args.broker, namespace, args.max_message_bytes)
     raw_cleanup, raw_hop = await raw(args.broker, namespace)
     try:
         print(f"{'size':>7} {'raw p50 ms':>11} {'raw p99 ms':>11} {'ours p50 ms':>12} {'ours p99 ms':>12} {'p50 ratio':>10}")

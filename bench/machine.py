@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["machine_line", "read_proc_status_kib"]
+__all__ = ["listening_pid", "machine_line", "read_proc_status_kib"]
 
 
 def _cpu_model() -> str:
@@ -39,3 +39,27 @@ def read_proc_status_kib(pid: int, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise KeyError(f"/proc/{pid}/status has no {field}")
+
+
+def listening_pid(port: int) -> int | None:
+    """Return the pid of the process listening on TCP `port` here (such as a broker), or None.
+
+    Reads the socket's inode from /proc/net/tcp and tcp6, then finds the
+    process that has it open; other users' processes are visible only to root.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            # 0A is TCP_LISTEN; the local address ends in the port in hex.
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None

@@ -43,13 +43,14 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import machine_line, read_proc_status_kib
+from machine import listening_pid, machine_line, read_proc_status_kib
 
 from mpnn_async.data import Dataset
 from mpnn_async.data.batching import epoch_batches, split_micro_batches
@@ -166,16 +167,9 @@ class CountingTransport:
         return await self.inner.consume(full_name, counted, prefetch=prefetch)
 
 
-def broker_pid() -> int | None:
-    """Return the pid of the local RabbitMQ node (beam.smp), to read its CPU time; None if not found."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    return int(entry.name)
-            except OSError:
-                continue
-    return None
+def broker_pid(url: str) -> int | None:
+    """Return the pid of the broker at `url` when it runs on this machine, to read its CPU time; else None."""
+    return listening_pid(urlparse(url).port or 5672)
 
 
 def wait_for_line(path: Path, text: str, timeout_s: float) -> None:
@@ -347,7 +341,7 @@ async def run_distributed(
         wait_for_line(workdir / f"worker-{label}-{partition}.log", "worker.started", 60)
     idle_kib = {name: read_proc_status_kib(p.pid, "VmRSS") for name, p in zip("ab", processes)}
     pids = [process.pid for process in processes]
-    beam = broker_pid()
+    beam = broker_pid(env["MPNN_BROKER_URL"])
     watched = pids + [os.getpid()] + ([beam] if beam is not None else [])
     step_peak_kib: dict[str, int] = {}
     profilers: list[subprocess.Popen[bytes]] = []

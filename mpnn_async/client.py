@@ -118,7 +118,7 @@ class InferenceClient:
             error = decode_control(reply.body, max_size_bytes=1 << 20)
             raise InferenceError(str(error.payload.get("reason")), str(error.payload.get("detail")))
         self.last_snapshot = reply.headers.get(SNAPSHOT_HEADER)
-        return decode_block(reply.body, max_size_bytes=self.transport.max_message_bytes).array
+        return decode_block(reply.body, max_size_bytes=self.transport.max_body_bytes).array
 
     async def _on_reply(self, delivery: Delivery) -> None:
         future = self._replies.get(delivery.correlation_id or "")

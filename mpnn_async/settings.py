@@ -16,7 +16,8 @@ from mpnn_async.errors import ConfigError
 __all__ = ["RuntimeSettings", "add_runtime_arguments", "redacted"]
 
 _ENV_PREFIX = "MPNN_"
-# RabbitMQ 3.x accepts messages up to 128 MiB by default (max_message_size).
+# RabbitMQ 3.x accepts messages up to 128 MiB by default (max_message_size);
+# RabbitMQ 4.0 lowered that default to 16 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
@@ -27,6 +28,7 @@ class RuntimeSettings:
     store: str = "./mpnn-store"
     # Prefix of every exchange and queue name, so several deployments can share a broker.
     namespace: str = "mpnn"
+    # The broker's max_message_size: bodies larger than this travel in chunks.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     prefetch: int = 256
     shutdown_timeout_s: float = 30.0
@@ -116,6 +118,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, broker: bool = Tru
         parser.add_argument(
             "--max-message-bytes",
             type=int,
-            help="largest message the broker accepts, in bytes (default 134217728, RabbitMQ 3.x)",
+            help="the broker's maximum message size (max_message_size) in bytes; larger blocks are sent "
+            "in chunks (env MPNN_MAX_MESSAGE_BYTES, default 134217728 as on RabbitMQ 3.x; use 16777216 "
+            "for RabbitMQ 4.x's default)",
         )
     parser.add_argument("--store", help="shared store directory (env MPNN_STORE, default ./mpnn-store)")

@@ -60,7 +60,7 @@ async def _serve(settings: RuntimeSettings, args: argparse.Namespace) -> None:
         max_delay_s=args.max_delay_ms / 1000,
         request_timeout_s=args.request_timeout_s,
         ready_timeout_s=settings.ready_timeout_s,
-        max_message_bytes=settings.max_message_bytes,
+        max_message_bytes=transport.max_body_bytes,
     )
     try:
         await server.start(args.snapshot)

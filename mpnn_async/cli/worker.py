@@ -112,7 +112,8 @@ async def _serve(
         partitions=partitions,
         worker_id=worker_id,
         prefetch=settings.prefetch,
-        max_message_bytes=settings.max_message_bytes,
+        # The largest block it decodes: larger than the broker's limit, since big blocks arrive in chunks.
+        max_message_bytes=transport.max_body_bytes,
         # A worker that cannot consume any more exits non-zero so its supervisor restarts it.
         on_fatal=lambda _reason: stop.set(),
     )

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
 from mpnn_async.errors import ConfigError
 
-__all__ = ["OptimizerKind", "OptimizerSpec", "apply_update"]
+__all__ = [
+    "UPDATE_CHUNK_BYTES",
+    "OptimizerKind",
+    "OptimizerSpec",
+    "apply_update",
+    "check_step",
+    "new_scratch",
+    "row_chunks",
+    "update_rows",
+]
+
+# Bytes of parameter rows updated together: small enough that the update's
+# temporaries stay in the CPU cache, large enough that the per-chunk Python
+# overhead (about 15 NumPy calls) is negligible.
+UPDATE_CHUNK_BYTES = 1 << 20
 
 
 class OptimizerKind(enum.StrEnum):
@@ -122,48 +136,141 @@ def apply_update(
 ) -> None:
     """Update `parameter` in place from `gradient`; `step` counts from 1.
 
-    `state` holds this parameter's optimizer arrays by name and is filled with
-    zeros on first use; it is updated in place.
+    `state` holds this parameter's optimizer arrays by name and is filled on
+    first use (zeros for Adam, the gradient for momentum); it is updated in
+    place. The update runs over row chunks of about UPDATE_CHUNK_BYTES, so its
+    temporary arrays take two chunks rather than several parameter-sized arrays.
+    A gradient of another dtype is first converted to the parameter's.
     """
+    check_step(step)
+    gradient = _matching_gradient(parameter, gradient)
+    first_use = False
+    if spec.kind is OptimizerKind.MOMENTUM:
+        # As torch.optim.SGD: the buffer starts as the gradient on the first step.
+        first_use = "momentum_buffer" not in state or step == 1
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = np.empty_like(parameter)
+    elif spec.kind is OptimizerKind.ADAM and "exp_avg" not in state:
+        state["exp_avg"] = np.zeros_like(parameter)
+        state["exp_avg_sq"] = np.zeros_like(parameter)
+
+    rows, gradient_rows = np.atleast_1d(parameter), np.atleast_1d(gradient)
+    state_rows = {name: np.atleast_1d(state[name]) for name in spec.state_names()}
+    scratch = new_scratch(rows)
+    for chunk in row_chunks(rows):
+        update_rows(
+            spec,
+            rows[chunk],
+            gradient_rows[chunk],
+            {name: array[chunk] for name, array in state_rows.items()},
+            step,
+            first_use=first_use,
+            scratch=scratch,
+        )
+
+
+def check_step(step: int) -> None:
+    """Raise ValueError unless `step` is a valid optimizer step number (from 1)."""
     if step < 1:
         raise ValueError(f"optimizer step counts from 1, got {step}")
+
+
+def _matching_gradient(parameter: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    gradient = np.asarray(gradient)
+    if gradient.shape != parameter.shape:
+        raise ValueError(
+            f"gradient shape {gradient.shape} does not match the parameter's {parameter.shape}"
+        )
+    return gradient.astype(parameter.dtype, copy=False)
+
+
+def row_chunks(array: np.ndarray, chunk_bytes: int = UPDATE_CHUNK_BYTES) -> Iterator[slice]:
+    """Yield slices of the first axis of `array` (at least 1-d) covering about `chunk_bytes` each."""
+    rows = array.shape[0]
+    step = chunk_rows(array, chunk_bytes)
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def chunk_rows(array: np.ndarray, chunk_bytes: int = UPDATE_CHUNK_BYTES) -> int:
+    """Return how many rows of `array` (at least 1-d) make a chunk of about `chunk_bytes`."""
+    row_bytes = max(1, array[:1].nbytes if array.shape[0] else array.itemsize)
+    return max(1, chunk_bytes // row_bytes)
+
+
+def new_scratch(array: np.ndarray, chunk_bytes: int = UPDATE_CHUNK_BYTES) -> np.ndarray:
+    """Return temporary space for `update_rows` on chunks of `array`: two chunk-sized arrays."""
+    rows = min(array.shape[0], chunk_rows(array, chunk_bytes))
+    return np.empty((2, rows, *array.shape[1:]), dtype=array.dtype)
+
+
+def update_rows(
+    spec: OptimizerSpec,
+    parameter: np.ndarray,
+    gradient: np.ndarray,
+    state: Mapping[str, np.ndarray],
+    step: int,
+    *,
+    first_use: bool,
+    scratch: np.ndarray,
+) -> None:
+    """Apply one step of `spec` in place to some rows of a parameter and of its state.
+
+    `parameter`, `gradient` and each array of `state` (all of `spec.state_names()`)
+    have the same shape and dtype; `scratch` comes from `new_scratch` and has at
+    least as many rows. Adam's state must be zeros before its first step. For
+    momentum, `first_use` sets the buffer to the gradient instead of updating it.
+    The operations are those of PyTorch's single-tensor SGD and Adam, in the
+    same order, written with `out=` so that no parameter-sized array is allocated.
+    """
+    rows = parameter.shape[0]
+    effective, temporary = scratch[0, :rows], scratch[1, :rows]
     dtype = parameter.dtype
-    lr = dtype.type(spec.learning_rate)
     grad = gradient
     if spec.weight_decay:
-        grad = grad + dtype.type(spec.weight_decay) * parameter
+        # g + weight_decay * p: L2 decay added to the gradient, as torch.optim does.
+        np.multiply(parameter, dtype.type(spec.weight_decay), out=effective)
+        effective += gradient
+        grad = effective
 
+    lr = dtype.type(spec.learning_rate)
     if spec.kind is OptimizerKind.SGD:
-        parameter -= lr * grad
+        np.multiply(grad, lr, out=temporary)
+        parameter -= temporary
         return
 
     if spec.kind is OptimizerKind.MOMENTUM:
-        buffer = state.get("momentum_buffer")
-        if buffer is None or step == 1:
-            buffer = np.array(grad, dtype=dtype, copy=True)
+        buffer = state["momentum_buffer"]
+        if first_use:
+            buffer[...] = grad
         else:
             buffer *= dtype.type(spec.momentum)
             buffer += grad
-        state["momentum_buffer"] = buffer
-        parameter -= lr * buffer
+        np.multiply(buffer, lr, out=temporary)
+        parameter -= temporary
         return
 
     if spec.kind is not OptimizerKind.ADAM:
         raise AssertionError(f"no update rule for {spec.kind!r}")
-    # Created only on first use: setdefault would allocate a parameter-sized array every step.
-    if "exp_avg" not in state:
-        state["exp_avg"] = np.zeros_like(parameter)
-        state["exp_avg_sq"] = np.zeros_like(parameter)
     exp_avg = state["exp_avg"]
     exp_avg_sq = state["exp_avg_sq"]
     beta1 = dtype.type(spec.beta1)
     beta2 = dtype.type(spec.beta2)
+    # m = beta1 * m + (1 - beta1) * g
     exp_avg *= beta1
-    exp_avg += (1 - beta1) * grad
+    np.multiply(grad, 1 - beta1, out=temporary)
+    exp_avg += temporary
+    # v = beta2 * v + (1 - beta2) * g * g
     exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * grad * grad
+    np.multiply(grad, 1 - beta2, out=temporary)
+    temporary *= grad
+    exp_avg_sq += temporary
+    # p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
     bias_correction1 = 1 - spec.beta1**step
     bias_correction2 = 1 - spec.beta2**step
-    denominator = np.sqrt(exp_avg_sq) / dtype.type(np.sqrt(bias_correction2))
+    denominator = np.sqrt(exp_avg_sq, out=temporary)
+    denominator /= dtype.type(np.sqrt(bias_correction2))
     denominator += dtype.type(spec.eps)
-    parameter -= dtype.type(spec.learning_rate / bias_correction1) * (exp_avg / denominator)
+    ratio = np.divide(exp_avg, denominator, out=temporary)
+    ratio *= dtype.type(spec.learning_rate / bias_correction1)
+    parameter -= ratio

@@ -7,7 +7,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mpnn_async.model.kernels import WeightGradient
+
 __all__ = ["Gather", "OrderedAccumulator"]
+
+# One gradient part: an array, or a weight gradient kept as its factors.
+GradientPart = np.ndarray | WeightGradient
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,6 +55,10 @@ class OrderedAccumulator:
     would make the weights depend on message timing. Out-of-order results wait
     in `pending` until every earlier micro-batch has been added.
 
+    A part may be a WeightGradient: it waits in `pending` as its factors and
+    is multiplied out into the total in row chunks, so the accumulator holds
+    one gradient-sized array per part, not two.
+
     With `fold=False` every micro-batch's gradients stay separate until `take`:
     a replicated partition sends some of them to its other replicas, and each
     replica then sums the same arrays in the same order.
@@ -59,7 +68,7 @@ class OrderedAccumulator:
         self.fold = fold
         self.total: list[np.ndarray] | None = None
         self.next_micro_batch = 0
-        self.pending: dict[int, list[np.ndarray]] = {}
+        self.pending: dict[int, list[GradientPart]] = {}
 
     def __repr__(self) -> str:
         return f"<OrderedAccumulator next={self.next_micro_batch} pending={sorted(self.pending)}>"
@@ -67,17 +76,21 @@ class OrderedAccumulator:
     def has(self, micro_batch: int) -> bool:
         return micro_batch < self.next_micro_batch or micro_batch in self.pending
 
-    def add(self, micro_batch: int, gradients: Iterable[np.ndarray]) -> None:
+    def add(self, micro_batch: int, gradients: Iterable[GradientPart]) -> None:
         if self.has(micro_batch):
             raise ValueError(f"micro-batch {micro_batch} was already accumulated")
-        self.pending[micro_batch] = list(gradients)
+        parts = list(gradients)
+        if not self.fold:
+            # Kept as arrays: the same bits are sent to the other replicas and summed here.
+            parts = [part.to_array() if isinstance(part, WeightGradient) else part for part in parts]
+        self.pending[micro_batch] = parts
         while self.fold and self.next_micro_batch in self.pending:
             self._add_to_total(self.pending.pop(self.next_micro_batch))
             self.next_micro_batch += 1
 
     def gradients_of(self, micro_batch: int) -> list[np.ndarray]:
-        """Return the separate gradients of one micro-batch (only without folding)."""
-        return self.pending[micro_batch]
+        """Return the separate gradients of one micro-batch (only without folding, so they are arrays)."""
+        return [part for part in self.pending[micro_batch] if isinstance(part, np.ndarray)]
 
     def take(self, micro_batches: int) -> list[np.ndarray]:
         """Return the sum over micro-batches 0..micro_batches-1 and reset."""
@@ -101,9 +114,20 @@ class OrderedAccumulator:
             self._add_to_total(self.pending.pop(index))
         self.next_micro_batch = micro_batches
 
-    def _add_to_total(self, parts: list[np.ndarray]) -> None:
+    def _add_to_total(self, parts: list[GradientPart]) -> None:
         if self.total is None:
-            self.total = [part.copy() for part in parts]
+            self.total = [_to_new_array(part) for part in parts]
         else:
-            for total, part in zip(self.total, parts):
-                total += part
+            for total, part in zip(self.total, parts, strict=True):
+                _add_part(total, part)
+
+
+def _to_new_array(part: GradientPart) -> np.ndarray:
+    return part.to_array() if isinstance(part, WeightGradient) else part.copy()
+
+
+def _add_part(total: np.ndarray, part: GradientPart) -> None:
+    if isinstance(part, WeightGradient):
+        part.add_to(total)
+    else:
+        total += part

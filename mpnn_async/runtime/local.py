@@ -50,7 +50,8 @@ async def run_job_locally(
             transport=transport,
             store=store,
             ready_timeout_s=settings.ready_timeout_s,
-            max_message_bytes=settings.max_message_bytes,
+            # Blocks over the broker's limit arrive reassembled from chunks, so decode up to the body limit.
+            max_message_bytes=transport.max_body_bytes,
             on_progress=on_progress,
             resume=resume,
         )
@@ -61,7 +62,7 @@ async def run_job_locally(
                 partitions=plan.partitions,
                 worker_id="embedded",
                 prefetch=settings.prefetch,
-                max_message_bytes=settings.max_message_bytes,
+                max_message_bytes=transport.max_body_bytes,
             )
             await worker.start()
             try:
@@ -78,12 +79,22 @@ def _is_in_process(broker_url: str) -> bool:
     return not broker_url or broker_url.startswith("memory:")
 
 
+def _blas_share(workers: int) -> int:
+    """Return this host's cores divided among `workers` processes, at least 1.
+
+    Each worker's BLAS library would otherwise start one thread per core, so
+    the workers together would run `workers` times more threads than cores.
+    """
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 @contextlib.contextmanager
 def _worker_processes(partitions: tuple[str, ...], settings: RuntimeSettings) -> Iterator[None]:
     environment = dict(os.environ)
     # The URL travels in the environment, not the command line, so `ps` never shows a password.
     environment["MPNN_BROKER_URL"] = settings.broker_url
     processes = []
+    blas_threads = settings.blas_threads or _blas_share(len(partitions))
     for partition in partitions:
         command = [
             sys.executable, "-m", "mpnn_async", "worker",
@@ -91,9 +102,12 @@ def _worker_processes(partitions: tuple[str, ...], settings: RuntimeSettings) ->
             "--store", settings.store,
             "--namespace", settings.namespace,
             "--max-message-bytes", str(settings.max_message_bytes),
+            "--blas-threads", str(blas_threads),
         ]
         processes.append(subprocess.Popen(command, env=environment))
-        log.info("worker.spawned partition=%s pid=%d", partition, processes[-1].pid)
+        log.info(
+            "worker.spawned partition=%s pid=%d blas_threads=%d", partition, processes[-1].pid, blas_threads
+        )
     try:
         yield
     finally:

@@ -359,7 +359,7 @@ class PartitionJob:
         inputs, z = self._saved.pop((step, micro_batch, layer))
         delta = kernels.delta_from_output_gradient(output_gradient, z, self.spec.activation(layer))
         weights, _ = self.parameters[layer]
-        weight_gradient, bias_gradient, input_gradient = kernels.backward(
+        weight_gradient, bias_gradient, input_gradient = kernels.backward_factored(
             weights, delta, inputs, need_input_gradient=layer > 1
         )
         self.counters["backward"] += 1

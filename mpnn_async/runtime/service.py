@@ -82,7 +82,7 @@ class SchedulerService:
                 ready_timeout_s=self.settings.ready_timeout_s,
                 step_timeout_s=self.settings.step_timeout_s,
                 micro_batch_timeout_s=self.settings.micro_batch_timeout_s,
-                max_message_bytes=self.settings.max_message_bytes,
+                max_message_bytes=self.transport.max_body_bytes,
                 resume=True,
             )
             result = await runner.run()

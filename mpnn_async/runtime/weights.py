@@ -211,15 +211,16 @@ def load_partition_job(
         raise StoreError(
             f"partition {partition!r} is at step {step}, the job expects step {expected_step}"
         )
+    # Store reads return new arrays that nothing else refers to, so the job takes them as they are.
     arrays = version.arrays
     parameters = {}
     state: dict[str, dict[str, np.ndarray]] = {}
     for layer in plan.layers_of(partition):
-        parameters[layer] = (arrays[f"W{layer}"].copy(), arrays[f"b{layer}"].copy())
+        parameters[layer] = (arrays[f"W{layer}"], arrays[f"b{layer}"])
     for key, array in arrays.items():
         if "." in key:
             parameter, state_name = key.split(".", 1)
-            state.setdefault(parameter, {})[state_name] = array.copy()
+            state.setdefault(parameter, {})[state_name] = array
     return PartitionJob(
         job=job,
         plan=plan,

@@ -511,6 +511,8 @@ class Worker:
 
     def _prefetch_problem(self, job: PartitionJob, in_flight: int) -> str:
         """Return why this worker's prefetch is too small for the job, or an empty string."""
+        # TODO: count a block over the broker's max_message_bytes as its chunk count
+        # (transport.chunking.chunk_count); job.start does not carry the block sizes yet.
         held = job.max_held_blocks(in_flight)
         if held < self.prefetch:
             return ""

@@ -8,9 +8,18 @@ partitions and checkpoints.
 from mpnn_async.errors import ConflictError, CorruptFileError, LockTimeoutError, StoreError
 from mpnn_async.store.model_store import ModelStore
 from mpnn_async.store.names import Key, validate_key, validate_name
-from mpnn_async.store.store import NotFoundError, StaleReadError, Store, UpdateFunction, Version
+from mpnn_async.store.archive import ArraySource
+from mpnn_async.store.store import (
+    NotFoundError,
+    StaleReadError,
+    Store,
+    UpdateFunction,
+    Version,
+    VersionReader,
+)
 
 __all__ = [
+    "ArraySource",
     "ConflictError",
     "CorruptFileError",
     "Key",
@@ -22,6 +31,7 @@ __all__ = [
     "StoreError",
     "UpdateFunction",
     "Version",
+    "VersionReader",
     "validate_key",
     "validate_name",
 ]

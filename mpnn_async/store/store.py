@@ -6,7 +6,7 @@ host, and in tests it is a temporary directory. A key such as
 `<root>/models/mnist/partitions/p0`; `layout` lists the files in it.
 
 Writers (`commit`, `update`, `prune`, `put_document`) hold the key's lock,
-write each file atomically (see `files.write_atomic`), and write a version
+write each file atomically (see `files.write_atomic_frame`), and write a version
 file before the pointer that names it, so the pointer only ever names a
 complete version. Readers take no lock: they read the pointer, then the
 version file it names, and retry when a concurrent prune removed that file.
@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -39,9 +39,11 @@ from mpnn_async.store.files import (
     frame,
     fsync_directory,
     make_directories,
+    open_frame,
     read_bytes,
     unframe,
     write_atomic,
+    write_atomic_frame,
 )
 from mpnn_async.store.layout import (
     DOCUMENT_PREFIX,
@@ -54,9 +56,16 @@ from mpnn_async.store.layout import (
 )
 from mpnn_async.store.locking import hold_lock
 from mpnn_async.store.names import NAME_PATTERN, Key, validate_key, validate_name
-from mpnn_async.store.payloads import decode_json, decode_version, encode_json, encode_version
+from mpnn_async.store.payloads import (
+    check_arrays,
+    decode_json,
+    encode_json,
+    encode_version_header,
+    write_version,
+)
+from mpnn_async.store.reader import VersionReader
 
-__all__ = ["NotFoundError", "StaleReadError", "Store", "UpdateFunction", "Version"]
+__all__ = ["NotFoundError", "StaleReadError", "Store", "UpdateFunction", "Version", "VersionReader"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +177,21 @@ class Store:
         checksum, and StaleReadError if the latest version was pruned under
         the reader on every attempt.
         """
+        with self.open_version(key, version=version) as reader:
+            return Version(number=reader.number, arrays=reader.read_all(), meta=reader.meta)
+
+    def open_version(self, key: Iterable[str], *, version: int | None = None) -> VersionReader:
+        """Open version `version` of `key` (the latest when None) to read its arrays one by one.
+
+        The file's digest and header are checked before this returns; the
+        errors are those of `read`. Close the reader (or use it in a `with`
+        block): while it is open, its file stays readable even if a prune
+        removes it (on NFS, only while this host has it open).
+        """
         key = validate_key(key)
         directory = self._directory(key)
         if version is None:
-            return self._read_latest(directory, key)
+            return self._open_latest(directory, key)
 
         number = _check_version_number(version, field="version")
         latest = self._read_pointer(directory, key)
@@ -181,13 +201,13 @@ class Store:
                 f"(latest: {latest}); read the latest version instead"
             )
         try:
-            return self._load_version(directory, key, number)
+            return self._open_version_file(directory, key, number)
         except FileNotFoundError:
             raise NotFoundError(
                 f"version {number} of store object {_label(key)} was pruned (latest: {latest})"
             ) from None
 
-    def _read_latest(self, directory: Path, key: Key) -> Version:
+    def _open_latest(self, directory: Path, key: Key) -> VersionReader:
         backoff_s = _READ_FIRST_BACKOFF_S
         number: int | None = None
         for attempt in range(1, _READ_ATTEMPTS + 1):
@@ -197,7 +217,7 @@ class Store:
                     f"store object {_label(key)} not found: it has no committed version"
                 )
             try:
-                return self._load_version(directory, key, number)
+                return self._open_version_file(directory, key, number)
             except FileNotFoundError:
                 # A writer committed a newer version and pruned this one after
                 # the pointer was read; the pointer now names a newer file.
@@ -233,11 +253,9 @@ class Store:
             )
         return number
 
-    def _load_version(self, directory: Path, key: Key, number: int) -> Version:
+    def _open_version_file(self, directory: Path, key: Key, number: int) -> VersionReader:
         path = directory / version_file_name(number)
-        payload = unframe(read_bytes(path), kind=FileKind.VERSION, path=path)
-        arrays, meta = decode_version(payload, path=path, key=key, number=number)
-        return Version(number=number, arrays=arrays, meta=meta)
+        return VersionReader(open_frame(path, kind=FileKind.VERSION), key=key, number=number)
 
     # Versioned objects: writing.
 
@@ -254,18 +272,24 @@ class Store:
         `expected_version` is the latest version the caller read, or None for
         a new object. The commit raises ConflictError if another writer has
         committed since (fencing), and otherwise writes version
-        `expected_version + 1` (1 for a new object). The arrays are encoded
-        before the lock is taken, so the lock is held only for the file writes.
+        `expected_version + 1` (1 for a new object). Values of `arrays` are
+        numpy arrays or `archive.ArraySource` objects. They are streamed into
+        the version file while the lock is held, so no copy of the payload is
+        built in memory. The lock is held as long as the file takes to write.
         """
         key = validate_key(key)
         if expected_version is not None:
             expected_version = _check_version_number(expected_version, field="expected_version")
         number = (expected_version or 0) + 1
-        payload = encode_version(key, number, arrays, _check_meta(meta))
+        checked = check_arrays(arrays)
+        header = encode_version_header(key, number, _check_meta(meta))
+
+        def write_payload(stream: BinaryIO) -> None:
+            write_version(stream, checked, header)
 
         directory = make_directories(self._root, key)
         with hold_lock(directory / LOCK_FILE, timeout_s=self._lock_timeout_s):
-            self._write_version(directory, key, payload, number=number, expected=expected_version)
+            self._write_version(directory, key, write_payload, number=number, expected=expected_version)
         return number
 
     def update(self, key: Iterable[str], fn: UpdateFunction) -> Version:
@@ -283,8 +307,13 @@ class Store:
             arrays, meta = _check_update_result(fn(previous), key)
             number = (current or 0) + 1
             meta = _check_meta(meta)
-            payload = encode_version(key, number, arrays, meta)
-            self._write_version(directory, key, payload, number=number, expected=current)
+            checked = check_arrays(arrays)
+            header = encode_version_header(key, number, meta)
+
+            def write_payload(stream: BinaryIO) -> None:
+                write_version(stream, checked, header)
+
+            self._write_version(directory, key, write_payload, number=number, expected=current)
 
         written = {name: np.asarray(value) for name, value in arrays.items()}
         return Version(
@@ -294,7 +323,8 @@ class Store:
     def _load_locked(self, directory: Path, key: Key, number: int) -> Version:
         # Under the lock no prune can run, so a missing latest file is damage.
         try:
-            return self._load_version(directory, key, number)
+            with self._open_version_file(directory, key, number) as reader:
+                return Version(number=number, arrays=reader.read_all(), meta=reader.meta)
         except FileNotFoundError:
             raise StoreError(
                 f"store object {_label(key)}: latest version file "
@@ -303,7 +333,13 @@ class Store:
             ) from None
 
     def _write_version(
-        self, directory: Path, key: Key, payload: bytes, *, number: int, expected: int | None
+        self,
+        directory: Path,
+        key: Key,
+        write_payload: Callable[[BinaryIO], None],
+        *,
+        number: int,
+        expected: int | None,
     ) -> None:
         started = time.monotonic()
         current = self._read_pointer(directory, key)
@@ -317,15 +353,14 @@ class Store:
             # Left by a writer that crashed between its two renames; it was
             # never committed, since the pointer does not name it.
             logger.warning("store.commit.replace_uncommitted path=%s", version_path)
-        data = frame(FileKind.VERSION, payload)
-        write_atomic(version_path, data)
+        size_bytes = write_atomic_frame(version_path, FileKind.VERSION, write_payload)
         pointer = encode_json({"key": list(key), "version": number}, field="pointer")
         write_atomic(directory / POINTER_FILE, frame(FileKind.POINTER, pointer))
         logger.debug(
             "store.commit key=%s version=%d size_bytes=%d ms=%.1f",
             _label(key),
             number,
-            len(data),
+            size_bytes,
             (time.monotonic() - started) * 1000,
         )
 

@@ -10,8 +10,15 @@ Semantics every implementation keeps (the contract tests in
   receive raises `UnroutableError` instead of vanishing (`Outgoing.mandatory`
   turns this off for messages that may have no consumer). It returns when the broker has
   confirmed the message; callers pipeline by running several publishes
-  concurrently (`publish_many`). A body over `max_message_bytes` raises
-  `MessageTooLargeError` before anything is sent.
+  concurrently (`publish_many`).
+- `max_message_bytes` is the broker's maximum message size (RabbitMQ's
+  `max_message_size`). A body over it travels as several chunk messages and
+  reaches the handler whole, as one delivery whose ack, requeue or reject
+  settles every chunk (`chunking`, `reassembly`). A body that would need more
+  than `MAX_CHUNKS_PER_MESSAGE` chunks raises `MessageTooLargeError` before
+  anything is sent. A consumer needs a prefetch of at least the chunk count
+  plus the deliveries its handler holds, and the chunks of one message must
+  all reach one consumer: chunked messages are for queues with one consumer.
 - Deliveries are acknowledged by the consumer only after its work is done.
   `ack()` removes the message, `requeue()` puts it back at the front of the
   queue marked redelivered, and `reject(reason)` moves it to the dead-letter
@@ -38,6 +45,7 @@ from mpnn_async.errors import InvalidInputError, TransportError
 
 __all__ = [
     "HANDLER_ERROR_REASON",
+    "MAX_CHUNKS_PER_MESSAGE",
     "REJECT_DETAIL_HEADER",
     "REJECT_QUEUE_HEADER",
     "REJECT_REASON_HEADER",
@@ -62,13 +70,18 @@ REJECT_QUEUE_HEADER = "x-mpnn-reject-queue"
 # Reject reason for a delivery whose handler raised without settling it.
 HANDLER_ERROR_REASON = "handler-error"
 
+# A consumer keeps every chunk of a message unacknowledged until the whole
+# message is handled, and AMQP's prefetch count is 16 bits, so no consumer can
+# receive a message of more chunks than this.
+MAX_CHUNKS_PER_MESSAGE = 65535
+
 
 class UnroutableError(TransportError):
     """A mandatory publish matched no queue, so the broker returned it."""
 
 
 class MessageTooLargeError(InvalidInputError):
-    """A message body is larger than the broker accepts (`max_message_bytes`)."""
+    """A message body needs more chunks than a consumer can hold (`MAX_CHUNKS_PER_MESSAGE`)."""
 
 
 class QueueNotFoundError(TransportError):
@@ -118,6 +131,11 @@ class Delivery(abc.ABC):
     def is_settled(self) -> bool:
         """Whether ack, requeue or reject has completed (or the delivery was returned by a cancel)."""
 
+    @property
+    def is_stale(self) -> bool:
+        """Whether the broker has taken the message back unsettled (consumer cancelled, channel closed)."""
+        return False
+
     @abc.abstractmethod
     async def ack(self) -> None: ...
 
@@ -144,7 +162,17 @@ class Transport(abc.ABC):
     """
 
     namespace: str
+    # The broker's maximum message body size; larger bodies travel in chunks of at most this size.
     max_message_bytes: int
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body `publish` accepts: `MAX_CHUNKS_PER_MESSAGE` chunks of `max_message_bytes`.
+
+        A consumer receives a body only as large as its prefetch allows:
+        `prefetch` chunks of `max_message_bytes` at most.
+        """
+        return self.max_message_bytes * MAX_CHUNKS_PER_MESSAGE
 
     @property
     def data_exchange(self) -> str:

@@ -2,7 +2,9 @@
 
 It is the embedded default for one-process runs and the fast test double of
 the RabbitMQ transport, so it keeps the same contract (see `base`) and stays
-lean: bodies and headers are passed by reference, never encoded.
+lean: bodies and headers are passed by reference, never encoded. Only a body
+over `max_message_bytes` is copied, into chunks, as the RabbitMQ transport
+does, so that tests on this transport exercise the same chunking.
 
 Every `MemoryTransport` opened in one event loop shares one `InProcessBroker`
 unless given its own, so transports of a scheduler and its workers in one
@@ -30,12 +32,14 @@ from mpnn_async.transport.base import (
     UnroutableError,
     call_handler,
 )
+from mpnn_async.transport.chunking import ChunkPublisher
 from mpnn_async.transport.memory_broker import (
     InProcessBroker,
     MemoryQueue,
     StoredMessage,
     check_exclusive_owner,
 )
+from mpnn_async.transport.reassembly import ChunkAssembler
 from mpnn_async.transport.validation import (
     validate_local_name,
     validate_max_message_bytes,
@@ -87,6 +91,10 @@ class MemoryDelivery(Delivery):
     @property
     def is_settled(self) -> bool:
         return self._state != "pending"
+
+    @property
+    def is_stale(self) -> bool:
+        return self._state == "returned"
 
     async def ack(self) -> None:
         if self._begin_settle("ack"):
@@ -233,6 +241,7 @@ class MemoryTransport(Transport):
         validate_max_message_bytes(max_message_bytes)
         self.namespace = namespace
         self.max_message_bytes = max_message_bytes
+        self._chunk_publisher = ChunkPublisher(max_message_bytes=max_message_bytes)
         self._broker = broker
         self._state: Literal["new", "open", "closed"] = "new"
         self._consumers: dict[str, _Consumer] = {}
@@ -340,19 +349,12 @@ class MemoryTransport(Transport):
                 f"no queue is bound to routing key {message.routing_key!r} on exchange "
                 f"{self.data_exchange!r}; declare a queue with a matching pattern before publishing"
             )
-        headers = types.MappingProxyType(dict(message.headers))
-        for queue in targets:
-            # One StoredMessage per queue, because `redelivered` is per queue.
-            queue.enqueue(
-                StoredMessage(
-                    message.routing_key,
-                    message.body,
-                    headers,
-                    message.persistent,
-                    message.reply_to,
-                    message.correlation_id,
-                )
-            )
+        if len(message.body) > self.max_message_bytes:
+            # Enqueued without a pause in between, so chunks of two messages never interleave.
+            for chunk in self._chunk_publisher.split(message):
+                _enqueue(targets, chunk)
+        else:
+            _enqueue(targets, message)
 
     async def consume(self, full_name: str, handler: Handler, *, prefetch: int) -> str:
         self._check_open()
@@ -360,7 +362,9 @@ class MemoryTransport(Transport):
         queue = self.broker.get_queue(full_name)
         check_exclusive_owner(queue, self)
         tag = f"mpnn-memory-{next(self._tags)}"
-        consumer = _Consumer(tag=tag, queue=queue, handler=handler, prefetch=prefetch, transport=self)
+        assembler = ChunkAssembler(handler, prefetch=prefetch, queue=full_name)
+        assembler.consumer_tag = tag
+        consumer = _Consumer(tag=tag, queue=queue, handler=assembler, prefetch=prefetch, transport=self)
         self._consumers[tag] = consumer
         consumer.start()
         log.debug("consumer.started tag=%s queue=%s prefetch=%d", tag, full_name, prefetch)
@@ -401,3 +405,19 @@ class MemoryTransport(Transport):
             raise TransportError(
                 f"{self!r} is not open; call connect() first, and do not use it after close()"
             )
+
+
+def _enqueue(targets: list[MemoryQueue], message: Outgoing) -> None:
+    headers = types.MappingProxyType(dict(message.headers))
+    for queue in targets:
+        # One StoredMessage per queue, because `redelivered` is per queue.
+        queue.enqueue(
+            StoredMessage(
+                message.routing_key,
+                message.body,
+                headers,
+                message.persistent,
+                message.reply_to,
+                message.correlation_id,
+            )
+        )

@@ -6,6 +6,10 @@ prefetch (channel QoS) is its own. aio-pika's robust objects reconnect after
 the connection drops and restore the exchanges, queues, bindings and consumers
 declared on them; `reconnect_interval_s` sets the pause between attempts.
 
+A body over `max_message_bytes` would make RabbitMQ close the publishing
+channel, so it is published as chunks (`chunking.ChunkPublisher`), and each
+consumer reassembles them before its handler runs (`reassembly.ChunkAssembler`).
+
 A channel error (for example a passive declare of a missing queue) closes
 the channel it happens on. Operations that can fail that way run first on a
 short-lived probe channel, so the long-lived channels never see such errors.
@@ -33,9 +37,12 @@ from mpnn_async.transport.base import (
     Transport,
     UnroutableError,
 )
+from mpnn_async.transport.chunking import ChunkPublisher
 from mpnn_async.transport.rabbitmq_consumer import RabbitMQConsumer
+from mpnn_async.transport.reassembly import ChunkAssembler
 from mpnn_async.transport.urls import redact_text, redact_url
 from mpnn_async.transport.validation import (
+    broker_limit_warning,
     validate_local_name,
     validate_max_message_bytes,
     validate_namespace,
@@ -120,6 +127,7 @@ class RabbitMQTransport(Transport):
         validate_max_message_bytes(max_message_bytes)
         self.namespace = namespace
         self.max_message_bytes = max_message_bytes
+        self._chunk_publisher = ChunkPublisher(max_message_bytes=max_message_bytes)
         self.settings = settings or RabbitMQSettings()
         self._url = url
         self.redacted_url = redact_url(url)
@@ -171,6 +179,7 @@ class RabbitMQTransport(Transport):
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._state = "open"
         log.info("transport.connected kind=rabbitmq url=%s namespace=%s", self.redacted_url, self.namespace)
+        self._warn_if_over_broker_default(connection)
 
     async def _connect_with_retries(self) -> AbstractRobustConnection:
         settings = self.settings
@@ -231,6 +240,14 @@ class RabbitMQTransport(Transport):
         self._dead_letter_exchange = await self._publisher.get_exchange(
             self.dead_letter_exchange, ensure=False
         )
+
+    def _warn_if_over_broker_default(self, connection: AbstractRobustConnection) -> None:
+        underlay = connection.transport
+        if underlay is None:
+            return
+        warning = broker_limit_warning(underlay.connection.server_properties, self.max_message_bytes)
+        if warning is not None:
+            log.warning("transport.max_message_bytes_over_broker_default url=%s %s", self.redacted_url, warning)
 
     def _on_connection_closed(self, _connection: object, error: BaseException | None = None) -> None:
         if self._state != "open":
@@ -354,8 +371,15 @@ class RabbitMQTransport(Transport):
     # -- publishing ----------------------------------------------------------
 
     async def publish(self, message: Outgoing) -> None:
-        exchange = self._require_open(self._data_exchange)
+        self._require_open(self._data_exchange)
         validate_outgoing(message, max_message_bytes=self.max_message_bytes)
+        if len(message.body) > self.max_message_bytes:
+            await self._chunk_publisher.publish(message, self._publish_one)
+        else:
+            await self._publish_one(message)
+
+    async def _publish_one(self, message: Outgoing) -> None:
+        exchange = self._require_open(self._data_exchange)
         amqp_message = aio_pika.Message(
             message.body,
             headers=dict(message.headers) if message.headers else None,
@@ -437,10 +461,11 @@ class RabbitMQTransport(Transport):
         try:
             async with self._broker_errors(f"consume from queue {full_name!r}"):
                 queue = await channel.declare_queue(full_name, passive=True)
+                assembler = ChunkAssembler(handler, prefetch=prefetch, queue=full_name)
                 consumer = RabbitMQConsumer(
                     channel=channel,
                     queue=queue,
-                    handler=handler,
+                    handler=assembler,
                     prefetch=prefetch,
                     publish_dead_letter=self._publish_dead_letter,
                 )
@@ -449,6 +474,7 @@ class RabbitMQTransport(Transport):
             with contextlib.suppress(*_BROKER_ERRORS):
                 await channel.close()
             raise
+        assembler.consumer_tag = tag
         consumer.start(tag)
         self._consumers[tag] = consumer
         log.debug("consumer.started tag=%s queue=%s prefetch=%d", tag, full_name, prefetch)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from mpnn_async.errors import ConfigError, InvalidInputError
-from mpnn_async.transport.base import MessageTooLargeError, Outgoing
+from mpnn_async.transport.base import MAX_CHUNKS_PER_MESSAGE, MessageTooLargeError, Outgoing
+from mpnn_async.transport.chunking import chunk_count
 
 __all__ = [
     "MAX_NAME_BYTES",
+    "RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES",
+    "broker_limit_warning",
     "validate_local_name",
     "validate_max_message_bytes",
     "validate_namespace",
@@ -61,8 +65,32 @@ def validate_max_message_bytes(max_message_bytes: int) -> None:
         raise ConfigError(
             "max_message_bytes",
             f"must be a positive integer, got {max_message_bytes!r}",
-            fix="set it to the broker's max_message_size (RabbitMQ 3.10 default 134217728)",
+            fix="set it to the broker's max_message_size (default 134217728 on RabbitMQ 3.x, 16777216 from 4.0)",
         )
+
+
+# RabbitMQ's default max_message_size from 4.0 on; 3.x defaults to 128 MiB.
+RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def broker_limit_warning(server_properties: Mapping[str, Any], max_message_bytes: int) -> str | None:
+    """Return a warning if `max_message_bytes` is over the default max_message_size of this RabbitMQ version.
+
+    A broker with a raised max_message_size is fine, but the limit cannot be
+    read over AMQP, so this only warns. Returns None for other brokers and
+    for versions it cannot parse.
+    """
+    if server_properties.get("product") != "RabbitMQ":
+        return None
+    version = str(server_properties.get("version", ""))
+    major = version.partition(".")[0]
+    if not major.isdigit() or int(major) < 4 or max_message_bytes <= RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES:
+        return None
+    return (
+        f"max_message_bytes is {max_message_bytes}, but RabbitMQ {version} rejects bodies over its "
+        f"max_message_size, {RABBITMQ_4_DEFAULT_MAX_MESSAGE_BYTES} by default, by closing the channel; set "
+        f"max_message_bytes (MPNN_MAX_MESSAGE_BYTES) to the broker's max_message_size"
+    )
 
 
 def validate_local_name(full_name: str, local_name: str) -> None:
@@ -89,7 +117,8 @@ def validate_outgoing(message: Outgoing, *, max_message_bytes: int) -> None:
     """Raise InvalidInputError (MessageTooLargeError for size) unless `message` can be published.
 
     Only the body counts toward `max_message_bytes`, as in RabbitMQ's
-    `max_message_size`; headers are bounded by the AMQP frame size instead.
+    `max_message_size`; headers are bounded by the AMQP frame size instead. A
+    larger body is published in chunks, up to `MAX_CHUNKS_PER_MESSAGE` of them.
     """
     if not isinstance(message.body, bytes):
         raise InvalidInputError(
@@ -97,11 +126,11 @@ def validate_outgoing(message: Outgoing, *, max_message_bytes: int) -> None:
             f"got {type(message.body).__name__}; convert it with bytes(...)"
         )
     size_bytes = len(message.body)
-    if size_bytes > max_message_bytes:
+    if size_bytes > max_message_bytes and chunk_count(size_bytes, max_message_bytes) > MAX_CHUNKS_PER_MESSAGE:
         raise MessageTooLargeError(
             f"message body for routing key {message.routing_key!r} is {size_bytes} bytes, over the "
-            f"maximum of {max_message_bytes} (max_message_bytes); send it in smaller blocks, or raise "
-            "the broker's max_message_size and max_message_bytes together"
+            f"maximum of {MAX_CHUNKS_PER_MESSAGE} chunks of {max_message_bytes} bytes (max_message_bytes); "
+            "send it in smaller blocks, or raise the broker's max_message_size and max_message_bytes together"
         )
     if len(message.routing_key.encode()) > MAX_NAME_BYTES:
         raise InvalidInputError(

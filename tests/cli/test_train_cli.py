@@ -58,4 +58,7 @@ async def test_train_with_broker_starts_worker_processes(tmp_path, broker_url, n
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["steps"] == 20
     assert completed.stderr.count("worker.spawned") == 3
+    # Three workers on this host share its cores.
+    share = max(1, len(os.sched_getaffinity(0)) // 3)
+    assert completed.stderr.count(f"blas_threads={share}") == 3
     assert "guest:guest" not in completed.stderr

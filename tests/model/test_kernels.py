@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from mpnn_async.model import Activation, Loss, NetworkSpec, OptimizerKind, OptimizerSpec
-from mpnn_async.model.kernels import backward, delta_from_output_gradient, forward
+from mpnn_async.model.kernels import (
+    GRADIENT_CHUNK_BYTES,
+    WeightGradient,
+    backward,
+    backward_factored,
+    delta_from_output_gradient,
+    forward,
+)
 from mpnn_async.model.losses import loss_and_gradient
 from mpnn_async.model.optim import apply_update
 from mpnn_async.model.reference import Gradients, Parameters
@@ -225,3 +234,59 @@ def test_partitioned_bias_updates_bit_identical(optimizer: OptimizerSpec) -> Non
 
     for rows, piece in zip(partition, pieces):
         np.testing.assert_array_equal(piece, whole[rows])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_factors_equal_product(dtype: type) -> None:
+    rng = np.random.default_rng(21)
+    # 300 rows of output: several chunks of GRADIENT_CHUNK_BYTES when rows are 4 KiB or more.
+    delta = rng.normal(size=(16, 300)).astype(dtype)
+    inputs = rng.normal(size=(16, 1100)).astype(dtype)
+    product = delta.T @ inputs
+    factored = WeightGradient(delta, inputs)
+    total = np.ones_like(product)
+
+    factored.add_to(total)
+
+    assert factored.shape == (300, 1100)
+    np.testing.assert_allclose(factored.to_array(), product, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(total, product + 1, rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_weight_gradient_rejects_other_shape() -> None:
+    factored = WeightGradient(np.ones((2, 3)), np.ones((2, 4)))
+
+    with pytest.raises(ValueError, match=r"shape \(3, 4\) cannot be added to \(4, 3\)"):
+        factored.add_to(np.zeros((4, 3)))
+
+
+def test_weight_gradient_add_allocates_one_chunk() -> None:
+    rows = 2048
+    delta = np.full((8, rows), 0.5)
+    inputs = np.full((8, 1024), 2.0)
+    total = np.zeros((rows, 1024))  # 16 MiB
+
+    tracemalloc.start()
+    try:
+        WeightGradient(delta, inputs).add_to(total)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak_bytes <= GRADIENT_CHUNK_BYTES + (64 << 10), f"peak {peak_bytes} bytes"
+    np.testing.assert_array_equal(total, np.full((rows, 1024), 8.0))
+
+
+def test_backward_factored_matches_backward() -> None:
+    rng = np.random.default_rng(22)
+    weights = rng.normal(size=(WIDTH, INPUT_WIDTH))
+    delta = rng.normal(size=(ROWS, WIDTH))
+    inputs = rng.normal(size=(ROWS, INPUT_WIDTH))
+
+    weight_gradient, bias_gradient, input_gradient = backward(weights, delta, inputs)
+    factored, factored_bias, factored_input = backward_factored(weights, delta, inputs)
+
+    np.testing.assert_array_equal(factored.to_array(), weight_gradient)
+    np.testing.assert_array_equal(factored_bias, bias_gradient)
+    np.testing.assert_array_equal(factored_input, input_gradient)
+    assert backward_factored(weights, delta, inputs, need_input_gradient=False)[2] is None

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
 import pytest
 
 from mpnn_async.errors import ConfigError
-from mpnn_async.model.optim import OptimizerKind, OptimizerSpec, apply_update
+from mpnn_async.model.optim import (
+    UPDATE_CHUNK_BYTES,
+    OptimizerKind,
+    OptimizerSpec,
+    apply_update,
+    new_scratch,
+    row_chunks,
+    update_rows,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -135,3 +144,81 @@ def test_round_trip() -> None:
 
     assert data["kind"] == "adam"
     assert OptimizerSpec.from_dict(data) == spec
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_rows_match_one_chunk(kind: str, dtype: type) -> None:
+    # update_rows on chunks of 3 rows must give the numbers of one call on all rows.
+    spec = OptimizerSpec(kind=kind, learning_rate=0.05, weight_decay=0.01)
+    rng = np.random.default_rng(5)
+    whole = rng.normal(size=(10, 7)).astype(dtype)
+    chunked = whole.copy()
+    whole_state = {name: np.zeros_like(whole) for name in spec.state_names()}
+    chunked_state = {name: np.zeros_like(whole) for name in spec.state_names()}
+
+    for step in range(1, 4):
+        gradient = rng.normal(size=whole.shape).astype(dtype)
+        update_rows(
+            spec, whole, gradient, whole_state, step,
+            first_use=step == 1, scratch=new_scratch(whole, chunk_bytes=whole.nbytes),
+        )
+        scratch = new_scratch(chunked, chunk_bytes=3 * 7 * whole.itemsize)
+        assert scratch.shape == (2, 3, 7)
+        for rows in row_chunks(chunked, chunk_bytes=3 * 7 * whole.itemsize):
+            update_rows(
+                spec, chunked[rows], gradient[rows],
+                {name: array[rows] for name, array in chunked_state.items()}, step,
+                first_use=step == 1, scratch=scratch,
+            )
+
+    np.testing.assert_array_equal(chunked, whole)
+    for name in spec.state_names():
+        np.testing.assert_array_equal(chunked_state[name], whole_state[name], err_msg=name)
+
+
+def test_row_chunks_cover_every_row_once() -> None:
+    array = np.zeros((10, 4), dtype=np.float64)
+
+    chunks = list(row_chunks(array, chunk_bytes=3 * 4 * 8))
+
+    assert chunks == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    assert list(row_chunks(array, chunk_bytes=1)) == [slice(i, i + 1) for i in range(10)]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_update_allocates_no_parameter_sized_temporary(kind: str) -> None:
+    # 16 MiB of parameters: whole-array expressions of the Adam formulas allocate three arrays of that size.
+    spec = OptimizerSpec(kind=kind, learning_rate=0.01, weight_decay=0.01)
+    parameter = np.ones((2048, 1024), dtype=np.float64)
+    gradient = np.full_like(parameter, 0.5)
+    state: dict[str, np.ndarray] = {}
+    apply_update(spec, parameter, gradient, state, 1)
+
+    tracemalloc.start()
+    try:
+        apply_update(spec, parameter, gradient, state, 2)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak_bytes <= 2 * UPDATE_CHUNK_BYTES + (256 << 10), f"peak {peak_bytes} bytes"
+
+
+def test_update_rejects_gradient_of_other_shape() -> None:
+    with pytest.raises(ValueError, match=r"gradient shape \(3,\) does not match the parameter's \(2,\)"):
+        apply_update(OptimizerSpec(), np.zeros(2), np.zeros(3), {}, 1)
+
+
+def test_update_of_zero_dimensional_parameter() -> None:
+    spec = OptimizerSpec(kind=OptimizerKind.MOMENTUM, learning_rate=0.5, momentum=0.5)
+    parameter = np.array(1.0)
+    state: dict[str, np.ndarray] = {}
+
+    apply_update(spec, parameter, np.array(2.0), state, 1)
+    apply_update(spec, parameter, np.array(2.0), state, 2)
+
+    # Step 1: buf = 2, p = 1 - 1 = 0. Step 2: buf = 0.5 * 2 + 2 = 3, p = 0 - 1.5.
+    assert parameter.shape == ()
+    assert float(state["momentum_buffer"]) == 3.0
+    assert float(parameter) == -1.5

@@ -225,19 +225,19 @@ def test_reader_retries_when_version_pruned_under_it(
     # before it opens the version file, another process commits and prunes it.
     size = 4096
     store.commit(KEY, *_versioned_arrays(1, size), expected_version=None)
-    real_read_bytes = store_module.read_bytes
+    real_open_frame = store_module.open_frame
     interleaved = []
 
-    def read_after_other_writer(path: Any) -> bytes:
+    def open_after_other_writer(path: Any, **kwargs: Any) -> Any:
         if not interleaved and os.path.basename(path).startswith("_v"):
             interleaved.append(path)
             writer = CONTEXT.Process(target=_commit_twice_and_prune, args=(str(store.root), size))
             writer.start()
             _join_all([writer])
             assert writer.exitcode == 0
-        return real_read_bytes(path)
+        return real_open_frame(path, **kwargs)
 
-    monkeypatch.setattr(store_module, "read_bytes", read_after_other_writer)
+    monkeypatch.setattr(store_module, "open_frame", open_after_other_writer)
     with caplog.at_level(logging.DEBUG, logger="mpnn_async.store.store"):
         version = store.read(KEY)
 

@@ -16,6 +16,7 @@ from mpnn_async.transport import (
 )
 from mpnn_async.transport.base import (
     HANDLER_ERROR_REASON,
+    MAX_CHUNKS_PER_MESSAGE,
     REJECT_DETAIL_HEADER,
     REJECT_QUEUE_HEADER,
     REJECT_REASON_HEADER,
@@ -279,16 +280,16 @@ async def test_publish_many_raises_first_failure(transport):
     assert await transport.queue_depth(queue) == 2
 
 
-async def test_oversized_body_raises_before_publish(transport_kind, transport_factory):
-    transport = await transport_factory(transport_kind, max_message_bytes=1024)
+async def test_body_over_max_chunks_raises_before_publish(transport_kind, transport_factory):
+    transport = await transport_factory(transport_kind, max_message_bytes=16)
     queue = await transport.declare_queue("sized", ["sized"])
+    body = b"x" * (16 * MAX_CHUNKS_PER_MESSAGE + 1)
 
-    with pytest.raises(MessageTooLargeError, match="1025 bytes, over the maximum of 1024") as raised:
-        await transport.publish(Outgoing("sized", b"x" * 1025))
-    await transport.publish(Outgoing("sized", b"x" * 1024))
+    with pytest.raises(MessageTooLargeError, match=f"{len(body)} bytes, over the maximum of 65535 chunks of 16") as raised:
+        await transport.publish(Outgoing("sized", body))
 
     assert isinstance(raised.value, InvalidInputError)
-    assert await transport.queue_depth(queue) == 1
+    assert await transport.queue_depth(queue) == 0
 
 
 async def test_prefetch_bounds_held_deliveries(transport):
