@@ -121,7 +121,8 @@ async def _serve(
     try:
         exporter.start()
         await worker.start()
-        exporter.watch_queues([transport.queue_name(f"part.{partition}") for partition in partitions])
+        # TODO: a pool worker's queues change with its assignments; only the first ones are watched.
+        exporter.watch_queues(worker.queues)
         await stop.wait()
         await worker.stop(timeout_s=settings.shutdown_timeout_s)
     finally:

@@ -1,1 +1,1 @@
-"""Running the daemons: health checks, Prometheus metrics, log formats, partition claims."""
+"""Running the daemons: health checks, Prometheus metrics, log formats."""

@@ -129,7 +129,8 @@ class Worker:
         )
 
     @property
-    def _queues(self) -> list[str]:
+    def queues(self) -> list[str]:
+        """Full names of the queues this worker consumes for its partitions."""
         return [queue for queues in self._hosted.values() for queue, _ in queues]
 
     async def start(self) -> None:
@@ -268,7 +269,7 @@ class Worker:
         while not self._heartbeats_stopped.is_set():
             try:
                 await self._beat()
-                for queue in self._queues:
+                for queue in self.queues:
                     await self.transport.queue_depth(queue)
                 warned = False
             except QueueNotFoundError as error:

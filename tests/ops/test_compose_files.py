@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
 from mpnn_async.cli.main import build_parser
-from mpnn_async.ops import claim
 from mpnn_async.settings import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,11 +82,9 @@ def test_daemon_commands_parse():
 
     assert ["scheduler", "-v"] in lists["command"]
     assert parser.parse_args(["scheduler", "-v"]).command == "scheduler"
-    # The worker service: the claim entrypoint, then `mpnn worker --partition P --store S` plus its command.
-    assert ["python", "-m", "mpnn_async.ops.claim"] in lists["entrypoint"]
-    claim_arguments = claim._parse(["--partitions", "a", *lists["command"][1]])
-    worker = parser.parse_args(["worker", "--partition", "a", "--store", "/s", *claim_arguments.worker_arguments])
-    assert worker.partitions == ["a"]
+    # The worker service: a pool worker, so no partition is named.
+    assert ["worker", "-v"] in lists["command"]
+    assert parser.parse_args(["worker", "-v"]).partitions == []
 
 
 def test_health_checks_parse():
@@ -97,12 +93,8 @@ def test_health_checks_parse():
 
     assert len(checks) == 2
     for test in checks:
-        if test[0] == "CMD":
-            argv = test[1:]
-        else:
-            # CMD-SHELL: the `mpnn ...` command after `&&`, with the partition file's content substituted.
-            shell = test[1].split("&&", 1)[1].replace('"$$(cat /tmp/mpnn-partition)"', "a")
-            argv = shlex.split(shell)
+        assert test[0] == "CMD"
+        argv = test[1:]
         assert argv[0] == "mpnn"
         args = parser.parse_args(argv[1:])
         assert args.check is True

@@ -104,7 +104,8 @@ async def test_counters_after_in_process_job(tmp_path, namespace):
         await worker.stop(timeout_s=5)
         await transport.close()
 
-    partition_queues = f"{namespace}.part."
+    # Training blocks and control arrive on the worker's own queues `w.<worker>.<partition>`.
+    partition_queues = f"{namespace}.w.metered."
     received = sample_sum(registry, "mpnn_messages_received_total")
     assert worker.counters["received"] > 0
     assert sample_sum(registry, "mpnn_messages_received_total", queue_prefix=partition_queues) == worker.counters["received"]
