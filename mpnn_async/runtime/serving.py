@@ -184,6 +184,8 @@ class InferenceServer:
             in_flight=4,
             snapshot=snapshot,
         )
+        # TODO: serving addresses partitions, not replicas: with several workers on a
+        # partition, the shared queue hands one request's blocks to different workers.
         await self.transport.publish_many(
             Outgoing(partition_routing_key(job.name, partition), body) for partition in plan.partitions
         )

@@ -187,22 +187,22 @@ class Worker:
         except CodecError as error:
             await self._dead_letter(delivery, str(error.reason), str(error), "-")
             return
-        wanted = [str(name) for name in payload.get("partitions", [])]
+        requested = [str(name) for name in payload.get("partitions", [])]
         problem = ""
         if kind is not ControlType.WORKER_ASSIGN or payload["worker"] != self.worker_id:
             problem = f"{kind} for worker {payload.get('worker')!r} reached the assignment queue of {self.worker_id!r}"
         else:
             try:
-                validate_partition_names(wanted, "partitions")
+                validate_partition_names(requested, "partitions")
             except ConfigError as error:
                 problem = str(error)
         if problem:
             await self._dead_letter(delivery, str(Rejection.INVALID_CONTROL), problem, "-")
             return
         async with self._assignment_lock:
-            for partition in [p for p in self.partitions if p not in wanted]:
+            for partition in [p for p in self.partitions if p not in requested]:
                 await self._unhost(partition)
-            for partition in [p for p in wanted if p not in self._hosted]:
+            for partition in [p for p in requested if p not in self._hosted]:
                 await self._host(partition)
         log.info("worker.assigned worker=%s partitions=%s", self.worker_id, ",".join(self.partitions) or "-")
         await delivery.ack()
