@@ -59,6 +59,7 @@ class Worker:
         executor: concurrent.futures.Executor | None = None,
         heartbeat_s: float = 1.0,
         on_fatal: Callable[[str], None] | None = None,
+        optimizer_state_dir: str = "",
     ) -> None:
         if not partitions:
             raise ValueError("a worker needs at least one partition")
@@ -69,6 +70,8 @@ class Worker:
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
+        # Where partitions keep their optimizer state in files; empty keeps it in RAM.
+        self.optimizer_state_dir = optimizer_state_dir
         # Called with a reason when the worker cannot go on (its queue was deleted).
         self.on_fatal = on_fatal
         self.fatal_reason: str | None = None
@@ -424,6 +427,7 @@ class Worker:
             snapshot=payload.get("snapshot", ""),
             version_number=payload.get("versions", {}).get(partition),
             generation=payload.get("generation", 0),
+            optimizer_state_dir=self.optimizer_state_dir,
         )
 
     async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:
