@@ -40,6 +40,9 @@ class RuntimeSettings:
     # Threads of the BLAS library in a worker process; None keeps the library's
     # own default (OpenBLAS: one per core of the host).
     blas_threads: int | None = None
+    # Local directory where a worker keeps its partitions' optimizer state in
+    # files, updated in row chunks; empty keeps the state in RAM.
+    optimizer_state_dir: str = ""
 
     def __repr__(self) -> str:
         return (

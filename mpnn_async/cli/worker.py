@@ -63,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(env MPNN_BLAS_THREADS; default: the library's own, one per core); "
         "give each worker its share of the host's cores",
     )
+    parser.add_argument(
+        "--optimizer-state-dir",
+        help="keep the optimizer state (Adam's two arrays, the momentum buffer) of each hosted "
+        "partition in an unnamed file in this local directory instead of in RAM, so the worker "
+        "needs memory for weights and gradients only; each step reads and writes the state once "
+        "(env MPNN_OPTIMIZER_STATE_DIR; default: in RAM)",
+    )
     add_check_argument(parser)
     add_metrics_arguments(parser)
     parser.set_defaults(handler=run)
@@ -116,6 +123,7 @@ async def _serve(
         max_message_bytes=transport.max_body_bytes,
         # A worker that cannot consume any more exits non-zero so its supervisor restarts it.
         on_fatal=lambda _reason: stop.set(),
+        optimizer_state_dir=settings.optimizer_state_dir,
     )
     exporter.collect_from(worker=worker)
     try:

@@ -47,6 +47,7 @@ class HostedJobs:
         prefetch: int,
         max_message_bytes: int,
         counters: dict[str, int],
+        optimizer_state_dir: str = "",
     ) -> None:
         self.transport = transport
         self.store = store
@@ -55,6 +56,8 @@ class HostedJobs:
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
         self.counters = counters
+        # Where partitions keep their optimizer state in files; empty keeps it in RAM.
+        self.optimizer_state_dir = optimizer_state_dir
         # jobs[job][partition]
         self._jobs: dict[str, dict[str, PartitionJob]] = {}
         # (job, partition) -> the step.apply waiting for the other replicas' gradients.
@@ -288,6 +291,7 @@ class HostedJobs:
             version_number=payload.get("versions", {}).get(partition),
             generation=payload.get("generation", 0),
             replicas=tuple(str(worker) for worker in payload.get("replicas", [])),
+            optimizer_state_dir=self.optimizer_state_dir,
         )
 
     async def _apply_step(self, partition: str, payload: dict[str, Any]) -> None:

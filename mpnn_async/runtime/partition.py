@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from mpnn_async.model import kernels
-from mpnn_async.model.optim import OptimizerSpec, apply_update
+from mpnn_async.model.optim import OptimizerSpec
 from mpnn_async.model.spec import NetworkSpec
 from mpnn_async.runtime.gather import Gather, OrderedAccumulator
 from mpnn_async.runtime.protocol import Rejection, attempt_floor
+from mpnn_async.runtime.state_file import OptimizerStateFile, apply_named_update
 from mpnn_async.wire import SCHEDULER, BlockHeader, MessageKind
 
 __all__ = ["Admission", "GatherKey", "PartitionJob", "Send", "ComputeResult", "SCHEDULER"]
@@ -96,7 +97,7 @@ class PartitionJob:
         spec: NetworkSpec,
         optimizer: OptimizerSpec,
         parameters: dict[int, tuple[np.ndarray, np.ndarray]],
-        optimizer_state: dict[str, dict[str, np.ndarray]],
+        optimizer_state: dict[str, dict[str, np.ndarray]] | OptimizerStateFile,
         step: int,
         version: int,
         model_name: str = "",
@@ -451,15 +452,11 @@ class PartitionJob:
         for layer in self.layers:
             weight_gradient, bias_gradient = self._accumulators[layer].take(micro_batches)
             weights, biases = self.parameters[layer]
-            apply_update(
-                self.optimizer, weights, weight_gradient, self._state(f"W{layer}"), step + 1
-            )
-            apply_update(self.optimizer, biases, bias_gradient, self._state(f"b{layer}"), step + 1)
+            state = self.optimizer_state
+            apply_named_update(self.optimizer, state, f"W{layer}", weights, weight_gradient, step + 1)
+            apply_named_update(self.optimizer, state, f"b{layer}", biases, bias_gradient, step + 1)
         self.step = step + 1
         self._forget_before(self.step)
-
-    def _state(self, name: str) -> dict[str, np.ndarray]:
-        return self.optimizer_state.setdefault(name, {})
 
     def _forget_before(self, step: int) -> None:
         self._seen = {message_id for message_id in self._seen if message_id[1] >= step}

@@ -15,10 +15,16 @@ from typing import Any
 
 from mpnn_async.errors import ConflictError, InvalidInputError, StoreError
 from mpnn_async.planning import Plan
-from mpnn_async.store import ModelStore, Version
+from mpnn_async.store import ModelStore, Version, VersionReader
 from mpnn_async.store.names import validate_name
 
-__all__ = ["create_snapshot", "load_manifest", "read_snapshot_partition", "snapshot_partition_key"]
+__all__ = [
+    "create_snapshot",
+    "load_manifest",
+    "open_snapshot_partition",
+    "read_snapshot_partition",
+    "snapshot_partition_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +104,9 @@ def load_manifest(model_store: ModelStore, name: str) -> dict[str, Any]:
 def read_snapshot_partition(model_store: ModelStore, name: str, partition: str) -> Version:
     load_manifest(model_store, name)
     return model_store.store.read(snapshot_partition_key(model_store, name, partition))
+
+
+def open_snapshot_partition(model_store: ModelStore, name: str, partition: str) -> VersionReader:
+    """Open one partition of snapshot `name` to read its arrays one by one."""
+    load_manifest(model_store, name)
+    return model_store.store.open_version(snapshot_partition_key(model_store, name, partition))

@@ -19,7 +19,8 @@ from mpnn_async.model.reference import Parameters
 from mpnn_async.planning import Plan, assemble_parameters
 from mpnn_async.runtime import snapshots
 from mpnn_async.runtime.partition import PartitionJob
-from mpnn_async.store import ModelStore
+from mpnn_async.runtime.state_file import OptimizerStateFile
+from mpnn_async.store import ModelStore, VersionReader
 
 # Versions of a partition kept in the store; older ones are pruned after each commit.
 KEEP_VERSIONS = 3
@@ -185,12 +186,15 @@ def load_partition_job(
     version_number: int | None = None,
     generation: int = 0,
     replicas: tuple[str, ...] = (),
+    optimizer_state_dir: str = "",
 ) -> PartitionJob:
     """Build a partition's job state from a stored version (the latest unless given) or a snapshot.
 
     Loading an older version (a checkpoint, after a failure) keeps fencing on
     the latest one, so the partition's next commit becomes the newest version
-    and versions keep growing.
+    and versions keep growing. With `optimizer_state_dir`, the optimizer state
+    is copied in chunks into an OptimizerStateFile there instead of into
+    memory, so only the weights are loaded into RAM.
     """
     plan = Plan.from_dict(model_store.load_plan(plan_id))
     if partition not in plan.partitions:
@@ -198,29 +202,27 @@ def load_partition_job(
     key = model_store.partition_key(partition)
     latest = model_store.store.latest_version(key)
     if snapshot:
-        version = snapshots.read_snapshot_partition(model_store, snapshot, partition)
+        reader = snapshots.open_snapshot_partition(model_store, snapshot, partition)
     else:
-        version = model_store.store.read(key, version=version_number)
-    if version.meta.get("plan_id") != plan_id:
-        raise StoreError(
-            f"partition {partition!r} of model {model_store.model!r} is stored under plan "
-            f"{version.meta.get('plan_id')!r}, the job uses {plan_id!r}"
-        )
-    step = int(version.meta["step"])
-    if step != expected_step:
-        raise StoreError(
-            f"partition {partition!r} is at step {step}, the job expects step {expected_step}"
-        )
-    # Store reads return new arrays that nothing else refers to, so the job takes them as they are.
-    arrays = version.arrays
-    parameters = {}
-    state: dict[str, dict[str, np.ndarray]] = {}
-    for layer in plan.layers_of(partition):
-        parameters[layer] = (arrays[f"W{layer}"], arrays[f"b{layer}"])
-    for key, array in arrays.items():
-        if "." in key:
-            parameter, state_name = key.split(".", 1)
-            state.setdefault(parameter, {})[state_name] = array
+        reader = model_store.store.open_version(key, version=version_number)
+    with reader:
+        if reader.meta.get("plan_id") != plan_id:
+            raise StoreError(
+                f"partition {partition!r} of model {model_store.model!r} is stored under plan "
+                f"{reader.meta.get('plan_id')!r}, the job uses {plan_id!r}"
+            )
+        step = int(reader.meta["step"])
+        if step != expected_step:
+            raise StoreError(
+                f"partition {partition!r} is at step {step}, the job expects step {expected_step}"
+            )
+        # Store reads return new arrays that nothing else refers to, so the job takes them as they are.
+        parameters = {
+            layer: (reader.read(f"W{layer}"), reader.read(f"b{layer}"))
+            for layer in plan.layers_of(partition)
+        }
+        state = _load_optimizer_state(reader, optimizer_state_dir)
+        number = reader.number
     return PartitionJob(
         job=job,
         plan=plan,
@@ -230,11 +232,33 @@ def load_partition_job(
         parameters=parameters,
         optimizer_state=state,
         step=step,
-        version=latest if latest is not None and not snapshot else version.number,
+        version=latest if latest is not None and not snapshot else number,
         model_name=model_store.model,
         generation=generation,
         replicas=replicas,
     )
+
+
+def _load_optimizer_state(
+    reader: VersionReader, directory: str
+) -> dict[str, dict[str, np.ndarray]] | OptimizerStateFile:
+    """Read the `<parameter>.<state>` arrays into memory, or into a state file in `directory`."""
+    names = [name.split(".", 1) for name in reader.names if "." in name]
+    if not directory:
+        state: dict[str, dict[str, np.ndarray]] = {}
+        for parameter, state_name in names:
+            state.setdefault(parameter, {})[state_name] = reader.read(f"{parameter}.{state_name}")
+        return state
+    state_file = OptimizerStateFile(directory)
+    try:
+        for parameter, state_name in names:
+            stored = reader.stored(f"{parameter}.{state_name}")
+            chunks = reader.chunks(stored.name, state_file.chunk_bytes)
+            state_file.load(parameter, state_name, stored.dtype, stored.shape, chunks)
+    except BaseException:
+        state_file.close()
+        raise
+    return state_file
 
 
 def save_partition_job(model_store: ModelStore, job: PartitionJob) -> int:
@@ -244,9 +268,13 @@ def save_partition_job(model_store: ModelStore, job: PartitionJob) -> int:
         arrays[f"neurons{layer}"] = job.plan.neurons(job.partition, layer)
         arrays[f"W{layer}"] = weights
         arrays[f"b{layer}"] = biases
-    for parameter, named in job.optimizer_state.items():
-        for state_name, array in named.items():
-            arrays[f"{parameter}.{state_name}"] = array
+    if isinstance(job.optimizer_state, OptimizerStateFile):
+        # Streamed from the state file into the version file, chunk by chunk.
+        arrays.update(job.optimizer_state.sources())
+    else:
+        for parameter, named in job.optimizer_state.items():
+            for state_name, array in named.items():
+                arrays[f"{parameter}.{state_name}"] = array
     version = model_store.store.commit(
         model_store.partition_key(job.partition),
         arrays,

@@ -81,6 +81,7 @@ class Worker:
         heartbeat_s: float = 0.5,
         on_fatal: Callable[[str], None] | None = None,
         max_partitions: int = 4,
+        optimizer_state_dir: str = "",
     ) -> None:
         self.transport = transport
         self.store = store
@@ -120,6 +121,7 @@ class Worker:
             prefetch=prefetch,
             max_message_bytes=max_message_bytes,
             counters=self.counters,
+            optimizer_state_dir=optimizer_state_dir,
         )
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mpnn_async.runtime import weights
@@ -13,10 +14,16 @@ from mpnn_async.transport import open_transport
 from tests.runtime.jobs import PLANS, make_job, max_abs_difference, synthetic_dataset
 
 
-async def run_in_process(job, dataset, store, namespace):
+async def run_in_process(job, dataset, store, namespace, *, optimizer_state_dir=""):
     transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
     plan = job.build_plan()
-    worker = Worker(transport=transport, store=store, partitions=plan.partitions, worker_id="test")
+    worker = Worker(
+        transport=transport,
+        store=store,
+        partitions=plan.partitions,
+        worker_id="test",
+        optimizer_state_dir=optimizer_state_dir,
+    )
     await worker.start()
     try:
         result = await JobRunner(job=job, transport=transport, store=store, dataset=dataset).run()
@@ -69,6 +76,38 @@ async def test_second_job_continues_from_stored_weights(tmp_path, namespace):
     reference = train_reference(second, dataset, trainer=train_reference(first, dataset))
     distributed = weights.load_parameters(ModelStore(store, "continue"), second.build_plan())
     assert max_abs_difference(distributed, reference.parameters) <= 1e-10
+
+
+@pytest.mark.parametrize("optimizer", [{"kind": "adam", "learning_rate": 0.01, "weight_decay": 0.01},
+                                       {"kind": "momentum", "learning_rate": 0.05}])
+async def test_state_in_files_matches_reference(optimizer, tmp_path, namespace):
+    # Two jobs on one model, persisting every 2 steps: the second loads the stored state into files.
+    dataset = synthetic_dataset()
+    store = Store.open(tmp_path / "store", create=True)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    first = make_job("files", PLANS["mixed"], optimizer=optimizer, max_steps=3, persist_every_steps=2)
+    second = make_job("files", PLANS["mixed"], optimizer=optimizer, max_steps=3)
+
+    await run_in_process(first, dataset, store, namespace, optimizer_state_dir=str(state_dir))
+    await run_in_process(second, dataset, store, namespace, optimizer_state_dir=str(state_dir))
+
+    reference = train_reference(second, dataset, trainer=train_reference(first, dataset))
+    model_store = ModelStore(store, "files")
+    plan = second.build_plan()
+    assert max_abs_difference(weights.load_parameters(model_store, plan), reference.parameters) <= 1e-10
+    state_names = {"adam": ("exp_avg", "exp_avg_sq"), "momentum": ("momentum_buffer",)}[optimizer["kind"]]
+    for partition in plan.partitions:
+        version = store.read(model_store.partition_key(partition))
+        assert version.meta["step"] == 6
+        for layer in plan.layers_of(partition):
+            rows = plan.neurons(partition, layer)
+            w_state, b_state = reference.optimizer_state[layer - 1]
+            for name in state_names:
+                stored = version.arrays[f"W{layer}.{name}"]
+                assert np.max(np.abs(stored - w_state[name][rows])) <= 1e-10, (partition, layer, name)
+                assert np.max(np.abs(version.arrays[f"b{layer}.{name}"] - b_state[name][rows])) <= 1e-10
+    assert list(state_dir.iterdir()) == []
 
 
 async def test_sparse_persistence_keeps_last_step(tmp_path, namespace):

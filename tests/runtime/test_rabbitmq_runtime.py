@@ -43,6 +43,25 @@ async def test_worker_processes_match_reference(strategy, daemons, broker):
     assert max_abs_difference(distributed, reference.parameters) <= 1e-10
 
 
+async def test_worker_processes_with_state_files_match_reference(daemons, broker, tmp_path):
+    job = make_job("rmq-state-files", PLANS["percent"], optimizer={"kind": "adam", "learning_rate": 0.01})
+    dataset = synthetic_dataset()
+    store = Store.open(daemons.store)
+    state_dir = tmp_path / "optimizer-state"
+    state_dir.mkdir()
+    for partition in job.build_plan().partitions:
+        daemons.worker(partition, "--optimizer-state-dir", str(state_dir))
+
+    result = await JobRunner(job=job, transport=broker, store=store, dataset=dataset, ready_timeout_s=60).run()
+
+    reference = train_reference(job, dataset)
+    distributed = weights.load_parameters(ModelStore(store, job.name), job.build_plan())
+    assert result.steps == 6
+    assert max_abs_difference(distributed, reference.parameters) <= 1e-10
+    stored = store.read(ModelStore(store, job.name).partition_key("a")).arrays
+    assert {"W1.exp_avg", "W1.exp_avg_sq", "b3.exp_avg_sq"} <= set(stored)
+
+
 async def test_malformed_message_dead_lettered_job_completes(daemons, broker, namespace):
     job = make_job("rmq-malformed", PLANS["mixed"])
     dataset = synthetic_dataset()
