@@ -234,3 +234,32 @@ async def test_replan_with_invalid_plan_is_ignored(tmp_path, namespace, caplog):
     assert "job.replan_rejected" in caplog.text
     distributed = stored_weights(store, job)
     assert max_abs_difference(distributed, train_reference(job, dataset).parameters) <= 1e-10
+
+
+async def test_lost_pool_worker_replaced_from_pool(tmp_path, namespace):
+    job = make_job("replaced", PLANS["count"], epochs=3, persist_every_steps=2)
+    dataset = synthetic_dataset()
+    store = Store.open(tmp_path / "replaced", create=True)
+    steps: asyncio.Queue[int] = asyncio.Queue()
+    layout = {f"pool-{index}": () for index in range(3)}
+
+    async with workers_running(namespace, store, layout) as workers:
+        transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
+        runner = JobRunner(
+            job=job, transport=transport, store=store, dataset=dataset, heartbeat_timeout_s=0.5,
+            on_progress=lambda event: steps.put_nowait(event.step),
+        )
+        task = asyncio.create_task(runner.run())
+        while await asyncio.wait_for(steps.get(), 30) < 3:
+            pass
+        lost = next(worker for worker in workers.values() if worker.partitions == ("b",))
+        await lost.stop(timeout_s=5)
+        async with workers_running(namespace, store, {"pool-new": ()}) as new:
+            result = await asyncio.wait_for(task, 60)
+            assert new["pool-new"].partitions == ("b",)
+        await transport.close()
+
+    assert result.steps == 9
+    assert result.recoveries >= 1
+    assert runner.channel.replicas.loaded["b"] == ["pool-new"]
+    assert_bit_identical(stored_weights(store, job), await single_worker_weights(job, tmp_path, namespace, dataset))
