@@ -105,13 +105,16 @@ def _print_census(census: dict[str, Any]) -> None:
     workers = census["workers"]
     print(f"{len(workers)} live workers (heartbeats heard in {census['listened_s']} s)")
     for worker in workers:
+        depths = ", ".join(f"{p}: {d}" for p, d in worker.get("queue_depths", {}).items() if d is not None)
         print(
-            f"  worker {worker['worker']}: partitions {','.join(worker['partitions'])}, "
+            f"  worker {worker['worker']}{' (pool)' if worker.get('pool') else ''}: "
+            f"partitions {','.join(worker['partitions']) or 'none yet'}, "
             f"last heartbeat {worker['last_heartbeat_s_ago']:.1f} s ago"
+            + (f", queued {depths}" if depths else "")
         )
     for partition in census["partitions"]:
         depth = partition["queue_depth"]
         print(
             f"  partition {partition['partition']}: {partition['workers']} worker(s), "
-            f"queue depth {'missing' if depth is None else depth}"
+            f"queued messages {'missing' if depth is None else depth}"
         )

@@ -15,10 +15,11 @@ __all__ = ["take_census"]
 
 
 async def take_census(transport: Transport, *, listen_s: float) -> dict[str, Any]:
-    """Return the workers heard within `listen_s` and the depth of each partition queue they host.
+    """Return the workers heard within `listen_s` and the messages queued for each partition.
 
-    Workers send a heartbeat every second by default, so listening for two
-    seconds hears every live one.
+    A partition's count adds its shared queue and the own queues of its
+    workers. Workers send a heartbeat twice a second by default, so listening
+    for one second hears every live one.
     """
     heard: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -32,6 +33,8 @@ async def take_census(transport: Transport, *, listen_s: float) -> dict[str, Any
             heard[payload["worker"]] = {
                 "worker": payload["worker"],
                 "partitions": sorted(str(p) for p in payload["partitions"]),
+                # A pool worker was started without partitions; schedulers assign them.
+                "pool": bool(payload.get("assignable", False)),
                 "heartbeat_interval_s": payload["interval_s"],
                 "last_heartbeat_s_ago": 0.0,
                 "_seen": time.monotonic(),
@@ -53,10 +56,16 @@ async def take_census(transport: Transport, *, listen_s: float) -> dict[str, Any
     partitions = sorted({p for worker in heard.values() for p in worker["partitions"]})
     depths: dict[str, int | None] = {}
     for partition in partitions:
-        try:
-            depths[partition] = await transport.queue_depth(transport.queue_name(f"part.{partition}"))
-        except QueueNotFoundError:
-            depths[partition] = None
+        depths[partition] = await _depth_or_none(transport, transport.queue_name(f"part.{partition}"))
+    # A replica's own queue holds the blocks routed to it: a long one marks a straggler.
+    for worker in heard.values():
+        worker["queue_depths"] = {
+            p: await _depth_or_none(transport, transport.queue_name(f"w.{worker['worker']}.{p}"))
+            for p in worker["partitions"]
+        }
+        for p, depth in worker["queue_depths"].items():
+            if depth is not None:
+                depths[p] = (depths[p] or 0) + depth
     replicas = {p: sum(p in worker["partitions"] for worker in heard.values()) for p in partitions}
     return {
         "listened_s": round(time.monotonic() - started, 2),
@@ -65,3 +74,10 @@ async def take_census(transport: Transport, *, listen_s: float) -> dict[str, Any
             {"partition": p, "workers": replicas[p], "queue_depth": depths[p]} for p in partitions
         ],
     }
+
+
+async def _depth_or_none(transport: Transport, queue: str) -> int | None:
+    try:
+        return await transport.queue_depth(queue)
+    except QueueNotFoundError:
+        return None

@@ -194,3 +194,6 @@ async def test_status_lists_live_workers(daemons):
     by_partition = {entry["partition"]: entry for entry in census["partitions"]}
     assert by_partition["a"] == {"partition": "a", "workers": 1, "queue_depth": 0}
     assert by_partition["b"]["workers"] == 2
+    assert all(worker["pool"] is False for worker in census["workers"])
+    own_queues = sorted(tuple(worker["queue_depths"].items()) for worker in census["workers"])
+    assert own_queues == [(("a", 0),), (("b", 0),), (("b", 0),)]
