@@ -11,7 +11,11 @@ For every timed step, the bubble of a partition is the share of the
 pipeline phase (from the step's start to the first `step.apply` handled)
 in which its worker computed nothing. It is printed next to GPipe's
 bubble (K-1)/(M+K-1), which assumes equal stages, all M micro-batches in
-flight and free communication. The optimizer step (`apply`) is timed apart.
+flight and free communication; the stages here are not equal, because the
+first one computes no input gradient. The optimizer step (`apply`) is timed
+apart, with the time from a partition's last computation of the step to its
+`step.apply`, which an optimizer step started without that command would
+overlap.
 
 Usage:
 
@@ -52,14 +56,24 @@ WARM_UP_STEPS = 2
 def step_bubbles(
     windows: list[tuple[float, float]], intervals: dict[str, list[list[Any]]]
 ) -> list[dict[str, float]]:
-    """Per timed step: its length, the pipeline phase, each partition's idle share of that phase, the apply phase."""
+    """Return, per timed step, its length, its phases, the apply wait and each partition's idle share.
+
+    The keys are "step", "phase" (pipeline), "apply", "wait" (the longest
+    time a partition waited from its last computation to `step.apply`) and
+    each partition's name.
+    """
     rows = []
     for start, end in windows:
         apply_starts = [b for p in intervals.values() for kind, b, _ in p if kind == "apply" and start <= b <= end]
         phase_end = min(apply_starts) if apply_starts else end
         phase = phase_end - start
         idle = {name: 1 - busy_seconds(p, start, phase_end, "compute") / phase for name, p in intervals.items()}
-        rows.append({"step": end - start, "phase": phase, "apply": end - phase_end, **idle})
+        last_computed = [
+            max((e for kind, b, e in p if kind == "compute" and start <= b <= phase_end), default=start)
+            for p in intervals.values()
+        ]
+        wait = phase_end - min(last_computed)
+        rows.append({"step": end - start, "phase": phase, "apply": end - phase_end, "wait": wait, **idle})
     return rows
 
 
@@ -113,7 +127,8 @@ async def measure_stages(
         idle = [median[p] for p in partitions]
         print(
             f"{stages:>2} {micro_batches:>3} {in_flight:>9} {median['step'] * 1000:8.0f} {median['phase'] * 1000:9.0f} "
-            f"{median['apply'] * 1000:8.0f}   {np.mean(idle):6.0%} {min(idle):6.0%} {max(idle):6.0%}   {gpipe:6.0%}"
+            f"{median['apply'] * 1000:8.0f} {median['wait'] * 1000:8.0f}   {np.mean(idle):6.0%} {min(idle):6.0%} "
+            f"{max(idle):6.0%}   {gpipe:6.0%}"
         )
 
 
@@ -138,7 +153,8 @@ async def main() -> None:
           f"{args.rounds} x {args.steps} timed steps after {WARM_UP_STEPS} warm-up; worker BLAS threads {args.blas_threads}; "
           f"broker {env['MPNN_NAMESPACE']}; logs {workdir}")
     print("idle: share of the pipeline phase (step start to the first step.apply) a partition's worker computed nothing")
-    print(" K   M  in_flight  step ms  pipe ms  apply ms   idle mean    min    max   GPipe (K-1)/(M+K-1)")
+    print("wait: the longest time a partition waited from its last computation of the step to step.apply")
+    print(" K   M  in_flight  step ms  pipe ms  apply ms  wait ms   idle mean    min    max   GPipe (K-1)/(M+K-1)")
     for stages in map(int, args.stages.split(",")):
         in_flights = [w for w in map(int, args.in_flight.split(",")) if w <= args.micro_batches]
         await measure_stages(stages, args.micro_batches, in_flights, args.steps, args.rounds, args.broker, env, workdir)
