@@ -77,7 +77,8 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 _Resource = TypeVar("_Resource")
 
-# Pause before a publish retries on a channel that closed before its frame was sent.
+# Pause before a publish retries on a channel that closed before its frame was
+# sent, and between attempts to open a probe channel during a reconnection.
 _CHANNEL_RETRY_DELAY_S = 0.05
 
 
@@ -531,10 +532,8 @@ class RabbitMQTransport(Transport):
 
         A missing queue raises QueueNotFoundError; other broker errors raise TransportError.
         """
-        admin = self._require_open(self._admin)
         async with self._broker_errors(action):
-            underlay = await admin.get_underlay_channel()
-            probe = await underlay.connection.channel(publisher_confirms=False)
+            probe = await self._open_probe_channel()
             try:
                 yield probe
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -543,6 +542,27 @@ class RabbitMQTransport(Transport):
                 if not probe.is_closed:
                     with contextlib.suppress(*_BROKER_ERRORS):
                         await probe.close()
+
+    async def _open_probe_channel(self) -> aiormq.abc.AbstractChannel:
+        """Open a raw channel on the live connection, waiting while aio-pika reconnects.
+
+        Until aio-pika has restored the admin channel after a reconnection, its
+        underlay channel belongs to the closed connection, where aiormq raises
+        RuntimeError instead of opening a channel. The caller bounds the wait.
+        """
+        admin = self._require_open(self._admin)
+        while True:
+            await admin.ready()
+            with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                connection = (await admin.get_underlay_channel()).connection
+                if not connection.is_closed:
+                    try:
+                        return await connection.channel(publisher_confirms=False)
+                    except RuntimeError:
+                        if not connection.is_closed:
+                            raise
+            self._require_open(self._admin)
+            await asyncio.sleep(_CHANNEL_RETRY_DELAY_S)
 
     def _describe(self, error: BaseException | None) -> str:
         """Return `error` as `Type: message` with the broker password removed."""
