@@ -7,9 +7,10 @@ acknowledged, until the last one arrives. Then the handler gets one
 settles every chunk. A consumer that stops or loses its channel before that
 leaves every chunk to the broker, which delivers them all again.
 
-Chunks that were dead-lettered (they carry `x-mpnn-reject-reason`) reach
-the handler one by one, unassembled, so a consumer of the dead-letter queue
-sees every chunk, including those of sets that never completed.
+Chunks that were dead-lettered (they carry `x-mpnn-reject-reason`, or
+RabbitMQ's `x-death`) reach the handler one by one, unassembled, so a
+consumer of the dead-letter queue sees every chunk, including those of sets
+that never completed.
 
 What the assembler does with chunks that cannot become a message:
 
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 _MAX_REMEMBERED_MESSAGES = 4096
 
 MessageKey = tuple[str, int]
+
+# The header RabbitMQ adds to a message it dead-letters itself (a reject
+# without requeue from another client, an expired TTL, a delivery limit).
+_BROKER_DEATH_HEADER = "x-death"
 
 
 class ChunkRejection(enum.Enum):
@@ -236,7 +241,7 @@ class ChunkAssembler:
     # -- receiving -------------------------------------------------------------------------
 
     async def _receive_chunk(self, delivery: Delivery) -> None:
-        if REJECT_REASON_HEADER in delivery.headers:
+        if REJECT_REASON_HEADER in delivery.headers or _BROKER_DEATH_HEADER in delivery.headers:
             # A dead-lettered chunk, read from the dead-letter queue: handed over as it
             # is, because that queue also contains chunks of sets that never completed.
             await call_handler(self.handler, delivery, consumer_tag=self.consumer_tag or self.queue)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import aio_pika
 import pytest
 
 from mpnn_async.transport import Outgoing
+from mpnn_async.transport.chunking import INDEX_HEADER
 from tests.transport.chunks import LIMIT, SENTINEL, Receiver, chunks_of, publish_in_order, random_bytes
 from tests.transport.helpers import Inbox, depth_equals, wait_until
 
@@ -61,3 +63,22 @@ async def test_held_message_delivered_again_after_reconnect(rabbitmq):
     assert deliveries[1].redelivered is True
     await depth_equals(rabbitmq, queue, 0)
     assert await rabbitmq.queue_depth(rabbitmq.dead_letter_queue) == 0
+
+
+async def test_broker_dead_lettered_chunk_reaches_handler(rabbitmq, broker_url):
+    queue = await rabbitmq.declare_queue("broker-dead", ["broker-dead"])
+    await rabbitmq.publish(Outgoing("broker-dead", random_bytes(2 * LIMIT + 1)))
+
+    async with await aio_pika.connect(broker_url) as connection:
+        channel = await connection.channel()
+        raw_queue = await channel.get_queue(queue, ensure=False)
+        first = await raw_queue.get(timeout=10)
+        # Rejected without requeue, so RabbitMQ dead-letters it itself and adds x-death.
+        await first.reject(requeue=False)
+    dead_inbox = Inbox(auto_ack=True)
+    await rabbitmq.consume(rabbitmq.dead_letter_queue, dead_inbox, prefetch=8)
+    [dead] = await dead_inbox.wait_for_count(1)
+
+    assert dead.headers[INDEX_HEADER] == 0
+    assert len(dead.body) == LIMIT
+    assert dead.headers["x-death"][0]["queue"] == queue
