@@ -9,8 +9,8 @@ leaves every chunk to the broker, which delivers them all again.
 
 Chunks that were dead-lettered (they carry `x-mpnn-reject-reason`, or
 RabbitMQ's `x-death`) reach the handler one by one, unassembled, so a
-consumer of the dead-letter queue sees every chunk, including those of sets
-that never completed.
+consumer of the dead-letter queue receives every chunk, including those of
+sets that never completed.
 
 What the assembler does with chunks that cannot become a message:
 
