@@ -65,7 +65,9 @@ def step_bubbles(
     rows = []
     for start, end in windows:
         apply_starts = [b for p in intervals.values() for kind, b, _ in p if kind == "apply" and start <= b <= end]
-        phase_end = min(apply_starts) if apply_starts else end
+        if not apply_starts:
+            raise SystemExit("no optimizer step recorded in a step: see how busy_worker.py recognizes it")
+        phase_end = min(apply_starts)
         phase = phase_end - start
         idle = {name: 1 - busy_seconds(p, start, phase_end, "compute") / phase for name, p in intervals.items()}
         last_computed = [
