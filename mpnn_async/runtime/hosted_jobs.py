@@ -26,7 +26,7 @@ from mpnn_async.runtime.protocol import (
     scheduler_routing_key,
 )
 from mpnn_async.store import ModelStore, Store
-from mpnn_async.transport.base import Delivery, Outgoing, Transport
+from mpnn_async.transport.base import Delivery, Outgoing, Transport, UnroutableError
 from mpnn_async.wire import SCHEDULER, BlockHeader, MessageKind, decode_block, encode_block
 
 __all__ = ["HostedJobs"]
@@ -96,7 +96,9 @@ class HostedJobs:
     # -- data ------------------------------------------------------------------------------
 
     async def handle_block(self, partition: str, delivery: Delivery) -> None:
-        block = decode_block(delivery.body, max_size_bytes=self.max_message_bytes)
+        # In place: the delivery keeps the body until the block's computation is acknowledged,
+        # and PartitionJob only reads received arrays, so a copy would double their memory.
+        block = decode_block(delivery.body, max_size_bytes=self.max_message_bytes, copy=False)
         header = block.header
         job = self._jobs.get(header.job, {}).get(partition)
         if job is None:
@@ -129,7 +131,14 @@ class HostedJobs:
         while pending:
             key = pending.pop(0)
             result, outgoing = await loop.run_in_executor(self._executor, self._compute, job, key)
-            await self.transport.publish_many(outgoing)
+            try:
+                await self.transport.publish_many(outgoing)
+            except UnroutableError as error:
+                # The route names a replica whose queue is gone (it left the job). Its
+                # attempt cannot finish, so the scheduler retries the micro-batch elsewhere.
+                log.warning(
+                    "block.unroutable job=%s partition=%s key=%s error=%s", job.job, job.partition, key, error
+                )
             for finished in result.finished_deliveries:
                 await finished.ack()
             pending.extend(result.ready)

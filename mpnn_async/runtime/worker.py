@@ -163,7 +163,7 @@ class Worker:
         own = await self.transport.declare_queue(
             f"w.{self.worker_id}.{partition}",
             [replica_binding(self.worker_id, partition)],
-            durable=False,
+            durable=True,
             expires_s=_WORKER_QUEUE_EXPIRES_S,
         )
         handler = self._handler_for(partition)
@@ -281,6 +281,9 @@ class Worker:
                 if not warned:
                     log.warning("worker.heartbeat_failed worker=%s error=%s", self.worker_id, error)
                     warned = True
+            except Exception as error:  # noqa: BLE001 - without heartbeats the worker looks dead
+                self._fail(f"heartbeats stopped: {error!r}")
+                return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._heartbeats_stopped.wait(), self.heartbeat_s)
 

@@ -47,8 +47,11 @@ async def test_killed_replica_job_identical(kill_at_step, daemons, broker, tmp_p
         on_progress=lambda event: steps.put_nowait(event.step),
     )
     task = asyncio.create_task(runner.run())
-    while await asyncio.wait_for(steps.get(), 60) < kill_at_step:
-        pass
+    # A replica whose first heartbeat came after the job started joins at a step boundary.
+    while True:
+        step = await asyncio.wait_for(steps.get(), 60)
+        if step >= kill_at_step and len(runner.channel.replicas.loaded["b"]) == 2:
+            break
 
     assert await asyncio.to_thread(daemons.kill, "worker-b1") == -9
     result = await asyncio.wait_for(task, 180)
