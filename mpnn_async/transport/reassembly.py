@@ -330,6 +330,9 @@ class ChunkAssembler:
         A publisher sends every chunk of a message before the next message's
         first chunk, so their remaining chunks will not arrive: the publish
         failed midway, or another consumer of the queue took them.
+
+        NOTE: an incomplete set whose publisher never publishes again keeps
+        its prefetch slots until this consumer stops; there is no timeout.
         """
         settles = []
         for key, partial in list(self._partial.items()):
