@@ -6,6 +6,7 @@ error is a CodecError whose `reason` (a RejectReason) can go into a dead-letter 
 """
 
 from mpnn_async.wire.block import (
+    BODY_ALIGNMENT_BYTES,
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_NDIM,
@@ -29,6 +30,7 @@ from mpnn_async.wire.header import (
 from mpnn_async.wire.jsonvalue import MAX_JSON_DEPTH
 
 __all__ = [
+    "BODY_ALIGNMENT_BYTES",
     "MAGIC",
     "MAX_HEADER_BYTES",
     "MAX_ID",

@@ -34,6 +34,7 @@ from mpnn_async.wire.header import (
 from mpnn_async.wire.jsonvalue import dump_json, load_json_object
 
 __all__ = [
+    "BODY_ALIGNMENT_BYTES",
     "MAGIC",
     "MAX_HEADER_BYTES",
     "MAX_NDIM",
@@ -66,6 +67,11 @@ SUPPORTED_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 _PREFIX = struct.Struct("<4sI")
+# Encoders pad the header JSON with spaces so the body starts at a multiple of
+# this many bytes from the frame's start. CPython 3.11 on 64-bit systems puts a
+# bytes object's data 16-byte aligned, so a decoder can then use the body in
+# place as an aligned array; `decode_block` copies a body that is not aligned.
+BODY_ALIGNMENT_BYTES = 16
 _HEADER_FIELDS = frozenset(
     ("kind", "job", "step", "micro_batch", "layer", "source", "destination", "attempt")
 )
@@ -78,7 +84,7 @@ _MAX_ARRAY_EXTENT_BYTES = int(np.iinfo(np.intp).max)
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class Block:
-    """A decoded data message: its header and a writable, C-contiguous array."""
+    """A decoded data message: its header and a C-contiguous array (writable unless decoded in place)."""
 
     header: BlockHeader
     array: np.ndarray
@@ -110,6 +116,7 @@ def encode_block(header: BlockHeader, array: np.ndarray) -> bytes:
     fields["shape"] = list(wire_array.shape)
     fields["nbytes"] = wire_array.nbytes
     header_json = dump_json(fields, what="block header")
+    header_json += b" " * (-(_PREFIX.size + len(header_json)) % BODY_ALIGNMENT_BYTES)
     if len(header_json) > MAX_HEADER_BYTES:
         raise CodecError(
             RejectReason.HEADER_TOO_LARGE,
@@ -122,13 +129,18 @@ def encode_block(header: BlockHeader, array: np.ndarray) -> bytes:
     return b"".join((_PREFIX.pack(MAGIC, len(header_json)), header_json, wire_array.data))
 
 
-def decode_block(data: bytes | bytearray | memoryview, *, max_size_bytes: int) -> Block:
+def decode_block(
+    data: bytes | bytearray | memoryview, *, max_size_bytes: int, copy: bool = True
+) -> Block:
     """Decode and validate one data frame.
 
     Raises CodecError, with the RejectReason and the field at fault, for anything
     invalid. The frame size is checked against `max_size_bytes` before anything else is
     read. The returned array is a writable C-contiguous copy that shares no memory
-    with `data`.
+    with `data`. With `copy=False` and an immutable `bytes` frame whose body is
+    aligned for the dtype, it is a read-only view of the body instead, which keeps
+    `data` alive. A receiver that keeps the frame anyway (until it acknowledges the
+    message) then keeps the array's bytes once instead of twice.
     """
     view = byte_view(data)
     check_frame_size(view, max_size_bytes=max_size_bytes, what="data frame")
@@ -148,7 +160,9 @@ def decode_block(data: bytes | bytearray | memoryview, *, max_size_bytes: int) -
             RejectReason.TRAILING_BYTES,
             f"body is {body_bytes} bytes, {body_bytes - nbytes} more than the header's nbytes = {nbytes}",
         )
-    return Block(header=header, array=_copy_body(view, body_start, dtype, shape))
+    # Only an immutable frame can back the array: a bytearray's owner could overwrite it.
+    in_place = not copy and isinstance(data, bytes)
+    return Block(header=header, array=_body_array(view, body_start, dtype, shape, copy=not in_place))
 
 
 def _to_wire_array(array: object) -> np.ndarray:
@@ -282,7 +296,9 @@ def _parse_shape(value: object, dtype: np.dtype[Any]) -> tuple[int, ...]:
     return shape
 
 
-def _copy_body(view: memoryview, body_start: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+def _body_array(
+    view: memoryview, body_start: int, dtype: np.dtype[Any], shape: tuple[int, ...], *, copy: bool
+) -> np.ndarray:
     element_count = math.prod(shape)
     if dtype.kind == "b":
         # Any byte other than 0 or 1 is an invalid NumPy bool and makes comparisons unreliable.
@@ -295,6 +311,8 @@ def _copy_body(view: memoryview, body_start: int, dtype: np.dtype[Any], shape: t
     # frombuffer makes a read-only view of the frame. The copy is the one copy on decode,
     # so the result is writable and does not keep the frame's memory alive.
     flat = np.frombuffer(view, dtype=dtype, count=element_count, offset=body_start)
+    if not copy and flat.flags.aligned:
+        return flat.reshape(shape)
     return flat.reshape(shape).copy(order="C")
 
 

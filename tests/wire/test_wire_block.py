@@ -10,6 +10,7 @@ import pytest
 
 from mpnn_async.errors import InvalidInputError
 from mpnn_async.wire import (
+    BODY_ALIGNMENT_BYTES,
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_ID,
@@ -416,3 +417,55 @@ def test_encode_contiguous_array_not_modified() -> None:
     encode_block(make_header(), original)
     assert original.tobytes() == before.tobytes()
     assert original.flags.writeable
+
+
+@pytest.mark.parametrize("job", ["j", "job-7", "a-much-longer-job-name-0123456789"])
+def test_body_starts_aligned(job: str) -> None:
+    array = np.arange(12.0).reshape(3, 4)
+
+    frame = encode_block(make_header(job=job), array)
+
+    body_start = len(frame) - array.nbytes
+    assert body_start % BODY_ALIGNMENT_BYTES == 0
+    assert frame[body_start:] == array.tobytes()
+    decoded = decode_block(frame, max_size_bytes=MAX_SIZE_BYTES)
+    assert decoded.header.job == job
+    np.testing.assert_array_equal(decoded.array, array)
+
+
+def test_decode_in_place_shares_the_frame() -> None:
+    array = np.arange(12.0).reshape(3, 4)
+    frame = encode_block(make_header(), array)
+
+    block = decode_block(frame, max_size_bytes=MAX_SIZE_BYTES, copy=False)
+
+    assert np.shares_memory(block.array, np.frombuffer(frame, dtype=np.uint8))
+    assert not block.array.flags.writeable
+    assert block.array.flags.aligned
+    np.testing.assert_array_equal(block.array, array)
+
+
+def test_decode_in_place_copies_a_bytearray() -> None:
+    frame = bytearray(encode_block(make_header(), np.ones((2, 2))))
+
+    block = decode_block(frame, max_size_bytes=MAX_SIZE_BYTES, copy=False)
+    frame[-1] ^= 0xFF
+
+    assert block.array.flags.writeable
+    np.testing.assert_array_equal(block.array, np.ones((2, 2)))
+
+
+def test_decode_in_place_copies_a_misaligned_body() -> None:
+    # A frame from a sender that does not pad its header: 8 + 139 bytes before the body.
+    array = np.arange(4.0)
+    fields = make_header().to_json_fields() | {"dtype": "<f8", "shape": [4], "nbytes": 32}
+    header_json = orjson.dumps(fields)
+    header_json += b" " * (139 - len(header_json))
+    frame = struct.pack("<4sI", MAGIC, len(header_json)) + header_json + array.tobytes()
+
+    block = decode_block(frame, max_size_bytes=MAX_SIZE_BYTES, copy=False)
+
+    assert block.array.flags.aligned
+    assert block.array.flags.writeable
+    assert not np.shares_memory(block.array, np.frombuffer(frame, dtype=np.uint8))
+    np.testing.assert_array_equal(block.array, array)
