@@ -10,8 +10,8 @@ owner sends its slice to the N owners of the next layer (an all-gather), so
 messages grow with N squared and bytes with N.
 
 For each N, one run with each worker's BLAS pool at the library default
-(one thread per core), one at cores / N threads and one at 1 thread, side
-by side (the same setting counts once). Messages and bytes are counted where they are delivered: each
+(`MPNN_BLAS_THREADS=0`: one thread per core), one at cores / N threads and
+one at 1 thread, side by side (the same setting counts once). Messages and bytes are counted where they are delivered: each
 worker's `mpnn_messages_received_total` and `mpnn_received_bytes_total` on
 its partition queue (scraped from `--metrics-port`), plus the scheduler's
 own `MeteredTransport` on its reply queue; heartbeats are left out. The
@@ -81,9 +81,9 @@ def delivered(text: str) -> tuple[float, float]:
     return messages, size
 
 
-def thread_variants(cores: int, workers: int) -> list[int | None]:
-    """BLAS threads per worker to compare: the library default (None), cores / N, and 1."""
-    return [None, *sorted({max(1, cores // workers), 1} - {cores})]
+def thread_variants(cores: int, workers: int) -> list[int]:
+    """Return the BLAS threads per worker to compare: 0 (the library default, one per core), cores / N, and 1."""
+    return [0, *sorted({max(1, cores // workers), 1} - {cores})]
 
 
 def plan_minimum(plan: Any) -> tuple[int, int]:
@@ -95,9 +95,9 @@ def plan_minimum(plan: Any) -> tuple[int, int]:
     return messages, size
 
 
-async def run(workers: int, blas_threads: int | None, steps: int, broker: str, workdir: Path) -> dict[str, Any]:
+async def run(workers: int, blas_threads: int, steps: int, broker: str, workdir: Path) -> dict[str, Any]:
     partitions = [f"p{index}" for index in range(workers)]
-    label = f"n{workers}-{blas_threads or 'default'}"
+    label = f"n{workers}-blas{blas_threads}"
     total_steps = WARM_UP_STEPS + steps + 1
     document = job_document(
         f"scaling-{label}", WIDTHS, {"partitions": partitions, "default": {"strategy": "even"}},
@@ -105,10 +105,7 @@ async def run(workers: int, blas_threads: int | None, steps: int, broker: str, w
     )
     job = JobSpec.from_dict(document)
     env = dict(os.environ, MPNN_BROKER_URL=broker, MPNN_NAMESPACE=f"bench-{uuid.uuid4().hex[:8]}",
-               MPNN_STORE=str(workdir / "store"))
-    env.pop("MPNN_BLAS_THREADS", None)
-    if blas_threads is not None:
-        env["MPNN_BLAS_THREADS"] = str(blas_threads)
+               MPNN_STORE=str(workdir / "store"), MPNN_BLAS_THREADS=str(blas_threads))
     ports = {partition: free_port() for partition in partitions}
     store = Store.open(workdir / "store", create=True)
     transport = MeteredTransport(await open_transport(broker, namespace=env["MPNN_NAMESPACE"], max_message_bytes=128 << 20))
@@ -164,16 +161,20 @@ async def main() -> None:
     print(f"model: {'-'.join(map(str, WIDTHS))} float32, adam, every layer split evenly over N partitions, "
           f"one worker process each; batch {BATCH_ROWS}, micro-batch {MICRO_BATCH_ROWS}, in flight 4; "
           f"{args.steps} timed steps after {WARM_UP_STEPS} warm-up; logs {workdir}")
+    print("vs N=1: throughput against one worker with the same BLAS threads (the library default where N=1 has no such run)")
     print("  N  BLAS threads  step ms  samples/s  vs N=1   msgs/step  minimum  ratio     MB/step  minimum  ratio")
-    baseline = None
+    # Throughput of one worker, by BLAS threads, so each row compares with N=1 at the same setting.
+    single: dict[int, float] = {}
     for workers in map(int, args.workers.split(",")):
         for blas_threads in thread_variants(cores, workers):
             result = await run(workers, blas_threads, args.steps, args.broker, workdir)
             samples_per_s = BATCH_ROWS / result["step_s"]
-            baseline = baseline or samples_per_s
+            if workers == 1:
+                single[blas_threads] = samples_per_s
+            baseline = single.get(blas_threads) or single.get(0) or samples_per_s
             min_messages, min_bytes = result["minimum"]
             print(
-                f"{workers:>3}  {blas_threads or f'default {cores}':>12} {result['step_s'] * 1000:8.0f} "
+                f"{workers:>3}  {blas_threads or f'library {cores}':>12} {result['step_s'] * 1000:8.0f} "
                 f"{samples_per_s:10.0f} {samples_per_s / baseline:6.2f}x  {result['messages']:9.1f} {min_messages:8d} "
                 f"{result['messages'] / min_messages:6.2f}  {result['bytes'] / 1e6:10.2f} {min_bytes / 1e6:8.2f} "
                 f"{result['bytes'] / min_bytes:6.3f}"

@@ -37,8 +37,9 @@ class RuntimeSettings:
     # before it is retried on another route.
     step_timeout_s: float = 600.0
     micro_batch_timeout_s: float = 120.0
-    # Threads of the BLAS library in a worker process; None keeps the library's
-    # own default (OpenBLAS: one per core of the host).
+    # Threads of the BLAS library in a worker process; 0 keeps the library's own
+    # default (OpenBLAS: one per core). None (not set) means 1 for `mpnn worker`
+    # and cores / workers for the workers that `mpnn train` starts.
     blas_threads: int | None = None
     # Local directory where a worker keeps its partitions' optimizer state in
     # files, updated in row chunks; empty keeps the state in RAM.
@@ -77,6 +78,8 @@ class RuntimeSettings:
 
 
 _KIND_WORDS = {"int": "integer", "float": "number"}
+# Integer fields for which 0 is a valid value, with the fix their error gives; the others must be positive.
+_ZERO_ALLOWED_FIXES = {"blas_threads": "give a number of threads, or 0 for the BLAS library's default"}
 
 
 def _convert(name: str, value: Any, type_name: Any, source: str) -> Any:
@@ -85,7 +88,7 @@ def _convert(name: str, value: Any, type_name: Any, source: str) -> Any:
     try:
         if kind == "int":
             result: Any = int(value)
-            if result <= 0:
+            if result < 0 or (result == 0 and name not in _ZERO_ALLOWED_FIXES):
                 raise ValueError
         elif kind == "float":
             result = float(value)
@@ -95,7 +98,7 @@ def _convert(name: str, value: Any, type_name: Any, source: str) -> Any:
             result = str(value)
     except (TypeError, ValueError):
         raise ConfigError(source, f"invalid value {redacted(str(value)) if name == 'broker_url' else value!r}",
-                          fix=f"give a positive {_KIND_WORDS.get(kind, kind)}") from None
+                          fix=_ZERO_ALLOWED_FIXES.get(name, f"give a positive {_KIND_WORDS.get(kind, kind)}")) from None
     return result
 
 

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--blas-threads",
         type=int,
         help="threads of the BLAS library (NumPy's matrix products) in this process "
-        "(env MPNN_BLAS_THREADS; default: the library's own, one per core); "
+        "(env MPNN_BLAS_THREADS, default 1; 0 keeps the library's default of one per core); "
         "give each worker its share of the host's cores",
     )
     parser.add_argument(

@@ -13,9 +13,14 @@ from typing import Any
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-__all__ = ["blas_pools", "limit_blas_threads"]
+__all__ = ["DEFAULT_BLAS_THREADS", "blas_pools", "limit_blas_threads"]
 
 log = logging.getLogger(__name__)
+
+# A worker's threads when the setting is absent. One thread per worker cannot
+# oversubscribe a host that runs several workers, and a worker alone on a
+# host can be given its cores; docs/benchmarks.md has the measurements.
+DEFAULT_BLAS_THREADS = 1
 
 
 def blas_pools() -> list[dict[str, Any]]:
@@ -23,23 +28,26 @@ def blas_pools() -> list[dict[str, Any]]:
     return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
 
 
-def limit_blas_threads(threads: int | None) -> list[dict[str, Any]]:
-    """Set every loaded BLAS library to `threads` threads, or leave it alone for None.
+def limit_blas_threads(setting: int | None) -> list[dict[str, Any]]:
+    """Set every loaded BLAS library to the `blas_threads` setting.
 
-    The limit lasts for the life of the process. Logs and returns the pools as
-    threadpoolctl reads them back after the change.
+    None (not set) means DEFAULT_BLAS_THREADS, and 0 leaves the library's
+    own default. The limit lasts for the life of the process. Logs and
+    returns the pools as threadpoolctl reads them back after the change.
     """
-    if threads is not None:
+    threads = DEFAULT_BLAS_THREADS if setting is None else setting
+    requested = str(threads) if threads else "library-default"
+    if threads:
         threadpool_limits(limits=threads, user_api="blas")
     pools = blas_pools()
     if not pools:
-        log.warning("blas.not_found requested=%s", "default" if threads is None else threads)
+        log.warning("blas.not_found requested=%s", requested)
     for pool in pools:
         log.info(
             "blas.threads library=%s version=%s threads=%d requested=%s",
             pool.get("internal_api"),
             pool.get("version"),
             pool["num_threads"],
-            "default" if threads is None else threads,
+            requested,
         )
     return pools

@@ -82,8 +82,8 @@ def _is_in_process(broker_url: str) -> bool:
 def _blas_share(workers: int) -> int:
     """Return this host's cores divided among `workers` processes, at least 1.
 
-    Each worker's BLAS library would otherwise start one thread per core, so
-    the workers together would run `workers` times more threads than cores.
+    With the library's default of one BLAS thread per core, the workers together
+    would run `workers` times more threads than cores.
     """
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
@@ -94,7 +94,9 @@ def _worker_processes(partitions: tuple[str, ...], settings: RuntimeSettings) ->
     # The URL travels in the environment, not the command line, so `ps` never shows a password.
     environment["MPNN_BROKER_URL"] = settings.broker_url
     processes = []
-    blas_threads = settings.blas_threads or _blas_share(len(partitions))
+    blas_threads = settings.blas_threads
+    if blas_threads is None:
+        blas_threads = _blas_share(len(partitions))
     for partition in partitions:
         command = [
             sys.executable, "-m", "mpnn_async", "worker",

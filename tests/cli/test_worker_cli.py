@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 import pytest
@@ -64,12 +65,37 @@ async def test_config_file_sets_blas_threads(daemons, tmp_path):
     assert all(threads == "3" for threads, _ in lines), lines
 
 
+@pytest.mark.rabbitmq
+async def test_unset_blas_threads_is_one(daemons, monkeypatch):
+    monkeypatch.delenv("MPNN_BLAS_THREADS", raising=False)
+    daemons.worker("d")
+
+    lines = await blas_lines(daemons, "worker-d")
+
+    assert lines, daemons.log("worker-d")
+    assert all(threads == "1" for threads, _ in lines), lines
+
+
+@pytest.mark.rabbitmq
+async def test_zero_keeps_library_default(daemons, monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    daemons.worker("e", "--blas-threads", "0")
+
+    lines = await blas_lines(daemons, "worker-e")
+
+    assert lines, daemons.log("worker-e")
+    # Without those variables, the OpenBLAS of the NumPy wheels starts one thread per core.
+    assert all(threads == str(len(os.sched_getaffinity(0))) for threads, _ in lines), lines
+    assert all(requested == "library-default" for _, requested in lines), lines
+
+
 @pytest.mark.parametrize(
     ("arguments", "env", "config", "field"),
     [
-        (["--blas-threads", "0"], {}, None, "--blas-threads"),
+        (["--blas-threads", "-1"], {}, None, "--blas-threads"),
         ([], {"MPNN_BLAS_THREADS": "two"}, None, "MPNN_BLAS_THREADS"),
-        ([], {}, "[runtime]\nblas_threads = -1\n", "runtime.blas_threads"),
+        ([], {}, "[runtime]\nblas_threads = -2\n", "runtime.blas_threads"),
     ],
     ids=["flag", "environment", "config-file"],
 )
@@ -85,4 +111,4 @@ def test_bad_blas_threads_names_field(arguments, env, config, field, tmp_path):
 
     assert completed.returncode == ExitCode.CONFIG_ERROR, completed.stderr
     assert f"{field}: invalid value" in completed.stderr
-    assert "give a positive integer" in completed.stderr
+    assert "give a number of threads, or 0 for the BLAS library's default" in completed.stderr
