@@ -228,6 +228,8 @@ class HostedJobs:
             return
         if current is not None:
             # A rollback or a new replica set: the old state's held blocks will never complete.
+            # NOTE: `current` keeps its weights and gradients until the new state has loaded,
+            # so a worker needs twice its weights in memory here, and a tight memory limit fails.
             self._pending_apply.pop((job_name, partition), None)
             for held in current.pending_deliveries():
                 await held.ack()
