@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         if progress and progress.get("model"):
             model_store = ModelStore(store, progress["model"])
             workers = progress.get("workers") or {}
+            replicas = progress.get("replicas") or {}
             for partition in model_store.list_partitions():
                 version = store.read(model_store.partition_key(partition))
                 partitions.append(
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> ExitCode:
                         "version": version.number,
                         "step": version.meta.get("step"),
                         "worker": workers.get(partition),
+                        "replicas": replicas.get(partition, []),
                     }
                 )
         report.append(entry)
@@ -79,10 +81,13 @@ def run(args: argparse.Namespace) -> ExitCode:
             f"step {progress.get('step')}/{progress.get('total_steps')} "
             f"loss {_number(progress.get('loss'))} test accuracy {_number(progress.get('accuracy'))}"
         )
+        if progress.get("stragglers"):
+            print(f"  stragglers (slowest micro-batches last step): {', '.join(progress['stragglers'])}")
         for partition in entry["partitions"]:
+            served_by = ",".join(partition["replicas"]) or partition["worker"] or "unknown"
             print(
                 f"  partition {partition['partition']}: version {partition['version']} "
-                f"step {partition['step']} worker {partition['worker'] or 'unknown'}"
+                f"step {partition['step']} workers {served_by}"
             )
     return ExitCode.OK
 

@@ -64,6 +64,9 @@ class ProgressRecorder:
         self._last_write = float("-inf")
         # Partition name -> id of the worker that reported it ready.
         self.workers: dict[str, str] = {}
+        # Partition name -> every replica serving it, and the workers last reported as stragglers.
+        self.replicas: dict[str, list[str]] = {}
+        self.stragglers: list[str] = []
         # Events not yet appended to the job's history; flushed with each store write.
         self._history_pending: list[ProgressEvent] = []
         # Step of this run's first event, until an append has dropped the stored rows from it on.
@@ -95,6 +98,8 @@ class ProgressRecorder:
         meta = event.to_dict()
         meta["model"] = self._model
         meta["workers"] = dict(self.workers)
+        meta["replicas"] = {partition: list(workers) for partition, workers in self.replicas.items()}
+        meta["stragglers"] = list(self.stragglers)
         self._store.update(progress_key(self._job), lambda _previous: ({}, meta))
         self._append_history()
         self._count += 1

@@ -484,7 +484,7 @@ class JobRunner:
         train_loss = self._mean_loss(getattr(self, "_last_epoch_steps", []))
         step = self.checkpoint.step
         await self._save_checkpoint(dataclasses.replace(self.checkpoint, finished=True))
-        self.progress.workers = dict(self.channel.workers)
+        self._note_workers()
         await self._publish_progress(
             ProgressEvent(
                 job=self.name,
@@ -513,9 +513,15 @@ class JobRunner:
             recoveries=self.recoveries,
         )
 
+    def _note_workers(self) -> None:
+        """Copy who serves each partition, and the stragglers, into the progress record."""
+        self.progress.workers = dict(self.channel.workers)
+        self.progress.replicas = {partition: list(workers) for partition, workers in self.channel.replicas.loaded.items()}
+        self.progress.stragglers = sorted(self.channel.replicas.stragglers)
+
     async def _publish_progress(self, event: ProgressEvent) -> None:
         """Record an event in the store, publish it on `<job>.progress`, hand it to the callback."""
-        self.progress.workers = dict(self.channel.workers)
+        self._note_workers()
         # The store write fsyncs, so it runs off the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self.progress.record, event)
         # Not mandatory and not persistent, because no consumer is required for progress.

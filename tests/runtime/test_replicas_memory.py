@@ -17,6 +17,7 @@ import pytest
 from mpnn_async.planning import build_plan
 from mpnn_async.runtime import weights
 from mpnn_async.runtime.checkpoint import load_checkpoint
+from mpnn_async.runtime.progress import read_progress
 from mpnn_async.runtime.protocol import ControlType, control, scheduler_routing_key
 from mpnn_async.runtime.reference_run import train_reference
 from mpnn_async.runtime.scheduler import JobRunner
@@ -86,6 +87,7 @@ async def test_replicas_bit_identical_to_one_worker(tmp_path, namespace):
 
     assert result.steps == 9
     assert runner.channel.replicas.loaded["b"] == ["w-b1", "w-b2"]
+    assert read_progress(store, job.name)["replicas"]["b"] == ["w-b1", "w-b2"]
     assert received["w-b1"] > 0
     assert received["w-b2"] > 0
     assert received["w-c2"] > 0
