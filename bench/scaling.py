@@ -11,10 +11,11 @@ messages grow with N squared and bytes with N.
 
 For each N, one run with each worker's BLAS pool at the library default
 (`MPNN_BLAS_THREADS=0`: one thread per core), one at cores / N threads and
-one at 1 thread, side by side (the same setting counts once). Messages and bytes are counted where they are delivered: each
-worker's `mpnn_messages_received_total` and `mpnn_received_bytes_total` on
-its partition queue (scraped from `--metrics-port`), plus the scheduler's
-own `MeteredTransport` on its reply queue; heartbeats are left out. The
+one at 1 thread, side by side (the same setting counts once). Messages and bytes are counted where they are delivered. For each
+worker, these are `mpnn_messages_received_total` and
+`mpnn_received_bytes_total` on its partition queue, scraped from
+`--metrics-port`. For the scheduler, its own `MeteredTransport` counts its
+reply queue. Heartbeats are left out. The
 minimum is `boundary_traffic()` of the plan: the array bytes and block
 messages that must cross each partition boundary.
 

@@ -270,12 +270,13 @@ def block_header_bytes(plan: Any, job: str) -> int:
 def time_phases(runner: JobRunner) -> dict[str, list[float]]:
     """Time the scheduler's sequential phases of each step by wrapping the runner's methods.
 
-    `step` is the whole `_run_step`, `apply` its wait from `step.apply` to every
-    `step.done`, and `progress` the per-step progress record (a store write
-    with fsync) and event. The lists hold one entry per step, in order.
+    `step` is the whole `_run_step`, `apply` its `JobChannel.apply_step` (from
+    publishing `step.apply` to every `step.done`), and `progress` the per-step
+    progress record (a store write with fsync) and event. The lists hold one
+    entry per step, in order.
     """
     phases: dict[str, list[float]] = {"step": [], "apply": [], "progress": []}
-    run_step, publish_progress, wait = runner._run_step, runner._publish_progress, runner.channel.wait
+    run_step, publish_progress, apply_step = runner._run_step, runner._publish_progress, runner.channel.apply_step
 
     async def timed_run_step(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -289,30 +290,29 @@ def time_phases(runner: JobRunner) -> dict[str, list[float]]:
         if event.accuracy is None and event.state == "running":
             phases["progress"].append(time.perf_counter() - started)
 
-    async def timed_wait(key: tuple[Any, ...], *args: Any, **kwargs: Any) -> Any:
+    async def timed_apply_step(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        result = await wait(key, *args, **kwargs)
-        if key[0] == "step_done":
-            phases["apply"].append(time.perf_counter() - started)
+        result = await apply_step(*args, **kwargs)
+        phases["apply"].append(time.perf_counter() - started)
         return result
 
     runner._run_step = timed_run_step  # type: ignore[method-assign]
     runner._publish_progress = timed_publish_progress  # type: ignore[method-assign]
-    runner.channel.wait = timed_wait  # type: ignore[method-assign]
+    runner.channel.apply_step = timed_apply_step  # type: ignore[method-assign]
     return phases
 
 
-def start_workers(workdir: Path, env: dict[str, str], label: str) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    workdir: Path, env: dict[str, str], label: str, blas_threads: dict[str, str]
+) -> list[subprocess.Popen[bytes]]:
     processes = []
     for partition in ("a", "b"):
+        command = [sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition]
+        if partition in blas_threads:
+            command += ["--blas-threads", blas_threads[partition]]
         # The child keeps its own copy of the log's file descriptor.
         with open(workdir / f"worker-{label}-{partition}.log", "wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
-                )
-            )
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     return processes
 
 
@@ -330,13 +330,13 @@ def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
 
 async def run_distributed(
     label: str, steps: int, transport: Any, store: Store, dataset: Dataset, workdir: Path, env: dict[str, str],
-    py_spy: str | None,
+    py_spy: str | None, blas_threads: dict[str, str],
 ) -> dict[str, Any]:
     total_steps = WARM_UP_STEPS + steps + 1
     job = JobSpec.from_dict(job_document(f"bench-{label}", PLANS[label], total_steps))
     counting = CountingTransport(transport)
     marks: dict[int, tuple[float, dict[str, tuple[int, int]], dict[int, float]]] = {}
-    processes = start_workers(workdir, env, label)
+    processes = start_workers(workdir, env, label, blas_threads)
     for partition in ("a", "b"):
         wait_for_line(workdir / f"worker-{label}-{partition}.log", "worker.started", 60)
     idle_kib = {name: read_proc_status_kib(p.pid, "VmRSS") for name, p in zip("ab", processes)}
@@ -468,6 +468,10 @@ async def main() -> None:
         "--worker-env", action="append", default=[], metavar="NAME=VALUE",
         help="an environment variable for the worker processes only, such as OPENBLAS_NUM_THREADS=1; repeatable",
     )
+    parser.add_argument(
+        "--blas-threads", metavar="A,B",
+        help="--blas-threads of workers a and b, such as 1,2 (default: the worker's default)",
+    )
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the workers and this process during the timed steps")
     args = parser.parse_args()
 
@@ -478,6 +482,10 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mpnn-bench-train-"))
     store = Store.open(workdir / "store", create=True)
     env = dict(os.environ, MPNN_BROKER_URL=args.broker, MPNN_NAMESPACE=namespace, MPNN_STORE=str(workdir / "store"))
+    counts = args.blas_threads.split(",") if args.blas_threads else []
+    blas_threads = dict(zip("ab", counts))
+    if args.blas_threads and len(counts) != 2:
+        parser.error(f"--blas-threads {args.blas_threads!r}: expected two counts A,B, such as 1,2")
     for setting in args.worker_env:
         name, separator, value = setting.partition("=")
         if not separator or not name:
@@ -486,7 +494,8 @@ async def main() -> None:
     print(machine_line())
     print(f"model: {'-'.join(map(str, WIDTHS))} float32, adam, batch {BATCH_ROWS}, micro-batch "
           f"{MICRO_BATCH_ROWS}, in flight {IN_FLIGHT}, {args.steps} timed steps after {WARM_UP_STEPS} warm-up; "
-          f"broker {namespace}; logs {workdir}; worker environment {args.worker_env or 'unchanged'}")
+          f"broker {namespace}; logs {workdir}; worker environment {args.worker_env or 'unchanged'}; "
+          f"worker BLAS threads {args.blas_threads or 'default'}")
     reference_job = JobSpec.from_dict(job_document("ref", PLANS["layers"], total_steps))
     reference, local_cpu_s = reference_step_times(reference_job, dataset, args.steps)
     local_s = float(np.median(reference))
@@ -496,7 +505,9 @@ async def main() -> None:
     results = {}
     try:
         for label in labels:
-            result = await run_distributed(label, args.steps, transport, store, dataset, workdir, env, args.py_spy)
+            result = await run_distributed(
+                label, args.steps, transport, store, dataset, workdir, env, args.py_spy, blas_threads
+            )
             results[label] = result
             step_s = float(np.median(result["times"]))
             print(f"distributed {label}: median {step_s * 1000:.0f} ms/step (min {min(result['times']) * 1000:.0f}, "

@@ -17,9 +17,10 @@ __all__ = ["DEFAULT_BLAS_THREADS", "blas_pools", "limit_blas_threads"]
 
 log = logging.getLogger(__name__)
 
-# A worker's threads when the setting is absent. One thread per worker cannot
-# oversubscribe a host that runs several workers, and a worker alone on a
-# host can be given its cores; docs/benchmarks.md has the measurements.
+# A worker's threads when the setting is absent. Unlike the library's default
+# of one thread per core, it does not multiply a host's threads by its number
+# of workers. A worker alone on a host can be given its cores. The
+# measurements behind this are in docs/benchmarks.md.
 DEFAULT_BLAS_THREADS = 1
 
 
