@@ -82,6 +82,18 @@ _Resource = TypeVar("_Resource")
 _CHANNEL_RETRY_DELAY_S = 0.05
 
 
+def _failed_by_lost_connection() -> bool:
+    """Return whether a CancelledError caught in this task came from aiormq, not from a cancel of the task.
+
+    When aiormq gives up a connection that stopped sending frames (its
+    heartbeat check), it fails every pending operation with CancelledError.
+    Unless translated, that error would end the calling task as if it had
+    been cancelled, for example a worker's heartbeat loop or consumer.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RabbitMQSettings:
     """Timeouts and retries of the RabbitMQ transport."""
@@ -441,6 +453,13 @@ class RabbitMQTransport(Transport):
                 f"publish to {exchange.name!r} with routing key {routing_key!r} failed: "
                 f"{self._describe(exc)}; the message may or may not have reached the broker"
             ) from exc
+        except asyncio.CancelledError as exc:
+            if not _failed_by_lost_connection():
+                raise
+            raise TransportError(
+                f"publish to {exchange.name!r} with routing key {routing_key!r} failed: the connection to "
+                f"{self.redacted_url} was given up; the message may or may not have reached the broker"
+            ) from exc
         if isinstance(result, aiormq.abc.DeliveredMessage):
             # A returned message, should aio-pika hand it back instead of raising.
             raise self._unroutable(exchange, routing_key)
@@ -525,6 +544,10 @@ class RabbitMQTransport(Transport):
             ) from exc
         except _BROKER_ERRORS as exc:
             raise TransportError(f"could not {action}: {self._describe(exc)}") from exc
+        except asyncio.CancelledError as exc:
+            if not _failed_by_lost_connection():
+                raise
+            raise TransportError(f"could not {action}: the connection to {self.redacted_url} was given up") from exc
 
     @contextlib.asynccontextmanager
     async def _probe(self, action: str) -> AsyncIterator[aiormq.abc.AbstractChannel]:
