@@ -249,12 +249,21 @@ class JobRunner:
 
     async def _train_with_recovery(self) -> None:
         assert self.checkpoint is not None
+        problem = ""
         while True:
             try:
+                if problem:
+                    await self._recover(problem)
                 await self._train_from(self.checkpoint)
                 return
-            except RecoveryNeeded as problem:
-                await self._recover(str(problem))
+            except RecoveryNeeded as error:
+                problem = str(error)
+            except TransportError as error:
+                # A publish cut off by a lost broker connection may or may not have
+                # arrived, so the job rolls back. Waiting one heartbeat timeout first
+                # lets the workers that have not reconnected yet count as lost.
+                problem = f"lost the broker connection: {error}"
+                await asyncio.sleep(self.channel.liveness.timeout_s)
 
     async def _recover(self, problem: str) -> None:
         """Roll every partition back to the last checkpoint under a new generation."""
