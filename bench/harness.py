@@ -126,11 +126,19 @@ class WorkerPool:
     def path(self, partition: str, suffix: str) -> Path:
         return self.workdir / f"worker-{self.label}-{partition}.{suffix}"
 
+    def worker_id(self, partition: str) -> str:
+        return f"{self.label}-{partition}"
+
+    def queues(self) -> list[str]:
+        """Return the queues, local to the namespace, that the workers declare: shared and own."""
+        return [f"part.{p}" for p in self.partitions] + [f"w.{self.worker_id(p)}.{p}" for p in self.partitions]
+
     def __enter__(self) -> WorkerPool:
         for partition in self.partitions:
             command = [
                 sys.executable, str(BENCH / "busy_worker.py"), str(self.path(partition, "json")),
-                "-v", "worker", "--partition", partition, *self.arguments.get(partition, []),
+                "-v", "worker", "--partition", partition, "--worker-id", self.worker_id(partition),
+                *self.arguments.get(partition, []),
             ]
             # The child keeps its own copy of the log's file descriptor.
             with open(self.path(partition, "log"), "wb") as log:

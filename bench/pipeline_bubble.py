@@ -107,8 +107,9 @@ async def measure_stages(
     store = Store.open(workdir / "store", create=True)
     transport = await open_transport(broker, namespace=namespace, max_message_bytes=128 << 20)
     windows: dict[int, list[tuple[float, float]]] = {}
+    pool = WorkerPool(partitions, env, workdir, label=f"k{stages}")
     try:
-        with WorkerPool(partitions, env, workdir, label=f"k{stages}") as pool:
+        with pool:
             # Round-robin over the in_flight values, so a change of machine load spreads over all of them.
             for round_index in range(rounds):
                 for in_flight in in_flights:
@@ -117,8 +118,8 @@ async def measure_stages(
                         await run_job(name, widths, partitions, micro_batches, in_flight, steps, transport, store)
                     )
     finally:
-        for partition in partitions:
-            await transport.delete_queue(transport.queue_name(f"part.{partition}"))
+        for queue in pool.queues():
+            await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
         shutil.rmtree(workdir / "store", ignore_errors=True)

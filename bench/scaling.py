@@ -127,15 +127,16 @@ async def run(workers: int, blas_threads: int, steps: int, broker: str, workdir:
             marks[event.step] = count()
 
     arguments = {partition: ["--metrics-port", str(port)] for partition, port in ports.items()}
+    pool = WorkerPool(partitions, env, workdir, label=label, arguments=arguments)
     try:
-        with WorkerPool(partitions, env, workdir, label=label, arguments=arguments):
+        with pool:
             dataset = synthetic_dataset(BATCH_ROWS * total_steps, WIDTHS[0], WIDTHS[-1])
             runner = JobRunner(job=job, transport=transport, store=store, dataset=dataset, on_progress=on_progress)
             windows = record_step_windows(runner)
             await runner.run()
     finally:
-        for partition in partitions:
-            await transport.delete_queue(transport.queue_name(f"part.{partition}"))
+        for queue in pool.queues():
+            await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
         shutil.rmtree(workdir / "store", ignore_errors=True)

@@ -144,15 +144,16 @@ async def mpnn_step_times(steps: int, threads: int, broker: str) -> list[float]:
     )
     store = Store.open(workdir / "store", create=True)
     transport = await open_transport(broker, namespace=namespace, max_message_bytes=128 << 20)
+    pool = WorkerPool(["a", "b"], env, workdir, label="torch-comparison")
     try:
-        with WorkerPool(["a", "b"], env, workdir, label="torch-comparison"):
+        with pool:
             dataset = synthetic_dataset(BATCH_ROWS * total_steps, WIDTHS[0], WIDTHS[-1])
             runner = JobRunner(job=JobSpec.from_dict(document), transport=transport, store=store, dataset=dataset)
             windows = record_step_windows(runner)
             await runner.run()
     finally:
-        for partition in ("a", "b"):
-            await transport.delete_queue(transport.queue_name(f"part.{partition}"))
+        for queue in pool.queues():
+            await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
         shutil.rmtree(workdir, ignore_errors=True)

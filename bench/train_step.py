@@ -307,7 +307,10 @@ def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     processes = []
     for partition in ("a", "b"):
-        command = [sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition]
+        command = [
+            sys.executable, "-m", "mpnn_async", "-v", "worker", "--partition", partition,
+            "--worker-id", f"{label}-{partition}",
+        ]
         if partition in blas_threads:
             command += ["--blas-threads", blas_threads[partition]]
         # The child keeps its own copy of the log's file descriptor.
@@ -517,7 +520,9 @@ async def main() -> None:
             report_traffic(label, result["job"], result)
             report_memory(label, result["job"], result)
     finally:
-        for queue in ("part.a", "part.b"):
+        # The shared queue of each partition, and the own queue of each worker of every plan.
+        own = [f"w.{label}-{partition}.{partition}" for label in labels for partition in ("a", "b")]
+        for queue in ["part.a", "part.b", *own]:
             await transport.delete_queue(transport.queue_name(queue))
         await transport.purge_namespace()
         await transport.close()
