@@ -4,20 +4,20 @@ The network is 784-4096-4096-10 float32 (relu, relu, softmax cross-entropy,
 Adam), trained on batches of 512 rows in 4 micro-batches of 128, all in
 flight. Every layer is split evenly into N partitions, one `mpnn worker`
 process each, over RabbitMQ, with the scheduler (`JobRunner`) in this
-process. A neuron
-split makes every owner of a layer gather the whole previous layer: each
-owner sends its slice to the N owners of the next layer (an all-gather), so
-messages grow with N squared and bytes with N.
+process. A neuron split makes every owner of a layer gather the whole
+previous layer: each owner sends its slice to the other owners of the next
+layer (an all-gather), so messages grow with N squared and bytes with N - 1.
 
 For each N, one run with each worker's BLAS pool at the library default
 (`MPNN_BLAS_THREADS=0`: one thread per core), one at cores / N threads and
-one at 1 thread, side by side (the same setting counts once). Messages and bytes are counted where they are delivered. For each
-worker, these are `mpnn_messages_received_total` and
-`mpnn_received_bytes_total` on its partition queue, scraped from
-`--metrics-port`. For the scheduler, its own `MeteredTransport` counts its
-reply queue. Heartbeats are left out. The
-minimum is `boundary_traffic()` of the plan: the array bytes and block
-messages that must cross each partition boundary.
+one at 1 thread, side by side (the same setting counts once).
+
+Messages and bytes are counted where they are delivered. For each worker,
+these are `mpnn_messages_received_total` and `mpnn_received_bytes_total` on
+its queues (shared and own), scraped from `--metrics-port`. For the
+scheduler, its own `MeteredTransport` counts its reply queue. Heartbeats
+are left out. The minimum is `boundary_traffic()` of the plan: the array
+bytes and block messages that must cross each partition boundary.
 
 Usage:
 
