@@ -15,7 +15,8 @@ micro-batches of 128 rows, 4 in flight:
   The scheduler's messages are counted by wrapping its transport, and the
   blocks that workers send each other are computed from the plan;
 - how long each partition is busy per step (its forward and backward
-  products and its optimizer update, timed in this process), so the idle
+  products and its optimizer update, timed in this process with the
+  worker's BLAS thread count), so the idle
   fraction can be set against the GPipe bubble (K-1)/(M+K-1);
 - the peak RSS (VmHWM) of each worker process against its weights,
   gradient accumulators, Adam state and saved activations from the plan.
@@ -46,6 +47,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,6 +59,7 @@ from mpnn_async.data.batching import epoch_batches, split_micro_batches
 from mpnn_async.model import kernels
 from mpnn_async.model.optim import apply_update
 from mpnn_async.model.reference import ReferenceTrainer
+from mpnn_async.ops.blas import DEFAULT_BLAS_THREADS
 from mpnn_async.runtime.job import JobSpec
 from mpnn_async.runtime.progress import ProgressEvent
 from mpnn_async.runtime.scheduler import JobRunner
@@ -430,12 +433,22 @@ def report_memory(label: str, job: JobSpec, result: dict[str, Any]) -> None:
               f"{(peak - idle * 2**20) / expected:.2f}")
 
 
-def report_bubble(label: str, job: JobSpec, result: dict[str, Any], step_s: float, local_cpu_s: float) -> None:
+def worker_blas_threads(partition: str, blas_threads: dict[str, str], env: dict[str, str]) -> int | None:
+    """Return the BLAS threads a worker ran with: its --blas-threads, else MPNN_BLAS_THREADS, else 1; None for 0."""
+    threads = int(blas_threads.get(partition) or env.get("MPNN_BLAS_THREADS") or DEFAULT_BLAS_THREADS)
+    return threads or None
+
+
+def report_bubble(
+    label: str, job: JobSpec, result: dict[str, Any], step_s: float, local_cpu_s: float, worker_threads: dict[str, int | None]
+) -> None:
     plan = job.build_plan()
     micro_batches = BATCH_ROWS // MICRO_BATCH_ROWS
     stages = []
     for partition in ("a", "b"):
-        compute_s, update_s = partition_busy_s(plan, partition, job.optimizer)
+        # Timed with the worker's own thread count; None keeps this process's default.
+        with threadpool_limits(limits=worker_threads[partition], user_api="blas"):
+            compute_s, update_s = partition_busy_s(plan, partition, job.optimizer)
         stages.append(compute_s / micro_batches)
         busy = compute_s + update_s
         print(f"  partition {partition} ({label}): busy {busy * 1000:.0f} ms/step "
@@ -516,7 +529,8 @@ async def main() -> None:
             print(f"distributed {label}: median {step_s * 1000:.0f} ms/step (min {min(result['times']) * 1000:.0f}, "
                   f"max {max(result['times']) * 1000:.0f}); ratio to one process {step_s / local_s:.2f} "
                   f"(target <= {TARGETS[label]}), of the minimums {min(result['times']) / min(reference):.2f}")
-            report_bubble(label, result["job"], result, step_s, local_cpu_s)
+            threads = {partition: worker_blas_threads(partition, blas_threads, env) for partition in ("a", "b")}
+            report_bubble(label, result["job"], result, step_s, local_cpu_s, threads)
             report_traffic(label, result["job"], result)
             report_memory(label, result["job"], result)
     finally:
