@@ -316,7 +316,7 @@ class JobChannel:
                     log.warning("replica.lost job=%s partition=%s worker=%s while waiting for %s", self.job, partition, worker, what)
                     self.replicas.drop(worker)
                 expected -= lost
-                if lost & required or not expected >= {(p, w) for p, w in required if (p, w) not in lost}:
+                if lost & required:
                     raise RecoveryNeeded(f"workers {sorted(w for _, w in lost)} were lost while waiting for {what}")
                 left = set(self.plan.partitions) - {partition for partition, _ in expected}
                 if left:
