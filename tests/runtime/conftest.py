@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from mpnn_async.transport import open_transport
+from tests.runtime.broker_node import PrivateBroker, find_rabbitmq_scripts
 from tests.runtime.processes import Daemons
 
 
@@ -36,3 +37,12 @@ async def daemons(broker, broker_url, namespace, tmp_path):
     )
 
 
+@pytest.fixture
+def private_broker(tmp_path_factory):
+    """A RabbitMQ node of this test alone, which the test may restart; stopped at teardown."""
+    if find_rabbitmq_scripts() is None:
+        pytest.skip("needs rabbitmq-server and rabbitmqctl to start a private RabbitMQ node; install rabbitmq-server")
+    node = PrivateBroker(tmp_path_factory.mktemp("rabbitmq-node"))
+    node.start()
+    yield node
+    node.stop()
