@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -30,10 +31,11 @@ class Daemons:
         environment["MPNN_STORE"] = str(self.store)
         return environment
 
-    def start(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *arguments: str, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start `mpnn ARGUMENTS`; `prefix` wraps it, for example in `ip netns exec NAME`."""
         log_file = open(self.log_dir / f"{name}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "mpnn_async", "-v", *arguments],
+            [*prefix, sys.executable, "-m", "mpnn_async", "-v", *arguments],
             env=self.environment(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -55,11 +57,15 @@ class Daemons:
     def serve(self, model: str, snapshot: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(f"serve-{model}", "serve", model, "--snapshot", snapshot, *extra)
 
-    def worker(self, partition: str, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
+    def worker(
+        self, partition: str, *extra: str, name: str | None = None, prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         name = name or f"worker-{partition}"
         self.partitions[name] = partition
         # A short drain bounds how long a test waits for the worker to stop.
-        return self.start(name, "worker", "--partition", partition, "--shutdown-timeout", "10", *extra)
+        return self.start(
+            name, "worker", "--partition", partition, "--shutdown-timeout", "10", *extra, prefix=prefix
+        )
 
     def kill(self, name: str) -> int:
         """SIGKILL a daemon and return its exit status (-9)."""
