@@ -73,7 +73,7 @@ class RuntimeSettings:
                 values[name] = _convert(name, environ[env_name], field.type, env_name)
         for name, value in (flags or {}).items():
             if name in fields and value is not None:
-                values[name] = _convert(name, value, fields[name].type, f"--{name.replace('_', '-')}")
+                values[name] = _convert(name, value, fields[name].type, f"--{name.removesuffix('_s').replace('_', '-')}")
         return cls(**values)
 
 

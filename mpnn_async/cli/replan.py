@@ -17,7 +17,7 @@ from mpnn_async.runtime.protocol import ControlType, control, scheduler_routing_
 from mpnn_async.settings import RuntimeSettings, add_runtime_arguments
 from mpnn_async.store import Store
 from mpnn_async.transport import open_transport
-from mpnn_async.transport.base import Outgoing
+from mpnn_async.transport.base import Outgoing, UnroutableError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,5 +56,10 @@ async def _send(settings: RuntimeSettings, job: str, table: dict[str, Any]) -> N
     try:
         body = control(ControlType.JOB_REPLAN, job=job, plan=table)
         await transport.publish(Outgoing(scheduler_routing_key(job), body))
+    except UnroutableError:
+        raise InvalidInputError(
+            f"job {job!r} is not running: no scheduler listens for it on namespace {settings.namespace!r}; "
+            "a plan can only change while the job runs (submit it again with the new plan otherwise)"
+        ) from None
     finally:
         await transport.close()

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         validate_partition_names(args.partitions, "--partition")
     if args.worker_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", args.worker_id):
         raise ConfigError(
-            "--worker-id", f"invalid id {args.worker_id!r}", fix="use 1 to 64 letters, digits, '_' or '-'"
+            "--worker-id", f"invalid id {args.worker_id!r}", fix="use 1 to 64 letters, digits, '_' or '-', starting with a letter or digit"
         )
     if not settings.broker_url:
         raise ConfigError(

@@ -243,12 +243,12 @@ class HostedJobs:
                 "job.start_failed job=%s partition=%s error=%r", job_name, partition, error,
                 exc_info=not isinstance(error, MpnnError),
             )
-            await self._publish_failure(job_name, partition, str(error))
+            await self._publish_failure(job_name, partition, str(error), during="start")
             return
         problem = self._prefetch_problem(job, payload["in_flight"])
         if problem:
             log.error("job.start_failed job=%s partition=%s error=%s", job_name, partition, problem)
-            await self._publish_failure(job_name, partition, problem)
+            await self._publish_failure(job_name, partition, problem, during="start")
             return
         self._jobs.setdefault(job_name, {})[partition] = job
         log.info(
@@ -284,9 +284,15 @@ class HostedJobs:
             step=job.step,
         )
 
-    async def _publish_failure(self, job_name: str, partition: str, error: str) -> None:
+    async def _publish_failure(self, job_name: str, partition: str, error: str, *, during: str = "step") -> None:
         await self._publish_control(
-            job_name, ControlType.JOB_FAILED, job=job_name, partition=partition, error=error, worker=self.worker_id
+            job_name,
+            ControlType.JOB_FAILED,
+            job=job_name,
+            partition=partition,
+            error=error,
+            worker=self.worker_id,
+            during=during,
         )
 
     def _load_job(self, partition: str, payload: dict[str, Any]) -> PartitionJob:
@@ -335,7 +341,8 @@ class HostedJobs:
                 Rejection.INVALID_CONTROL,
                 f"step.apply names {len(holders)} holders for {payload['micro_batches']} micro-batches",
             )
-        sends = job.replica_sends(payload["step"], holders, self.worker_id)
+        replicas = [str(worker) for worker in payload.get("replicas", [])]
+        sends = job.replica_sends(payload["step"], holders, self.worker_id, replicas)
         await self.transport.publish_many(self._encode_send(job, send) for send in sends)
         self._pending_apply[(job.job, partition)] = payload
         await self._finish_replicated_apply(partition, job)

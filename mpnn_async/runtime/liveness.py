@@ -16,16 +16,35 @@ class Liveness:
         self._beats: dict[str, tuple[float, tuple[str, ...]]] = {}
         # Workers of the pool: started without fixed partitions, so they may be assigned some.
         self.assignable: set[str] = set()
+        # Worker id -> the process instance of its last beat, and the instances it replaced.
+        # A replaced instance that beats again means two live processes share the id.
+        self._instances: dict[str, str] = {}
+        self._replaced: dict[str, set[str]] = {}
+        self.duplicates: set[str] = set()
 
     def __repr__(self) -> str:
         alive = sorted(self.live_partitions())
         return f"<Liveness workers={len(self._beats)} live_partitions={alive}>"
 
     def record(
-        self, worker: str, partitions: Iterable[str], *, assignable: bool = False, now: float | None = None
+        self,
+        worker: str,
+        partitions: Iterable[str],
+        *,
+        assignable: bool = False,
+        instance: str = "",
+        now: float | None = None,
     ) -> None:
         names = tuple(partitions)
-        self._beats[worker] = (time.monotonic() if now is None else now, names)
+        now = time.monotonic() if now is None else now
+        if instance:
+            previous = self._instances.get(worker)
+            if instance in self._replaced.get(worker, set()):
+                self.duplicates.add(worker)
+            if previous is not None and previous != instance:
+                self._replaced.setdefault(worker, set()).add(previous)
+            self._instances[worker] = instance
+        self._beats[worker] = (now, names)
         if assignable:
             self.assignable.add(worker)
         else:

@@ -418,9 +418,9 @@ class PartitionJob:
         bias_gradient = np.ascontiguousarray(array[:, -1])
         self._accumulators[header.layer].add(header.micro_batch, [weight_gradient, bias_gradient])
 
-    def replica_sends(self, step: int, holders: list[str], worker: str) -> list[Send]:
+    def replica_sends(self, step: int, holders: list[str], worker: str, replicas: list[str]) -> list[Send]:
         """Return this replica's gradients of the micro-batches it holds, for every other replica."""
-        others = [replica for replica in self.replicas if replica != worker]
+        others = [replica for replica in replicas if replica != worker]
         sends = []
         for micro_batch, holder in enumerate(holders):
             if holder != worker:

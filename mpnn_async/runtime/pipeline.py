@@ -49,7 +49,7 @@ from mpnn_async.wire import (
     is_data_frame,
 )
 
-__all__ = ["JobChannel", "JobFailedError", "RecoveryNeeded", "RouteFailed", "SCHEDULER"]
+__all__ = ["JobChannel", "JobFailedError", "NoLiveWorkerError", "RecoveryNeeded", "RouteFailed", "SCHEDULER"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ _POLL_S = 0.2
 
 class JobFailedError(FatalError):
     """A partition reported that it cannot go on, or the job could not recover."""
+
+
+class NoLiveWorkerError(JobFailedError):
+    """Some partitions of the plan have no worker with current heartbeats."""
+
+    def __init__(self, message: str, partitions: list[str]) -> None:
+        super().__init__(message)
+        self.partitions = partitions
 
 
 class RecoveryNeeded(MpnnError):
@@ -110,6 +118,8 @@ class JobChannel:
         self.replans: list[dict[str, Any]] = []
         # Set on every replica report, so waits for all replicas wake up at once.
         self._replica_reported = asyncio.Event()
+        # Workers that could not load the job (their error by worker id); left out of the job.
+        self.rejected: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<JobChannel {self.job} generation={self.generation} {self.replicas!r}>"
@@ -269,6 +279,7 @@ class JobChannel:
                     self._failure.result()
                 if future in done:
                     return future.result()
+                self._check_duplicates()
                 if route is not None:
                     lost = sorted({worker for worker in route if self.liveness.is_lost(worker)})
                     if lost:
@@ -310,7 +321,15 @@ class JobChannel:
             while True:
                 if self._failure.done():
                     self._failure.result()
+                self._check_duplicates()
                 reported = self._reported.get(key, {})
+                refused = {pair for pair in expected if pair[1] in self.rejected}
+                if refused:
+                    expected -= refused
+                    left = set(self.plan.partitions) - {partition for partition, _ in expected}
+                    if left:
+                        errors = "; ".join(f"{worker}: {self.rejected[worker]}" for _, worker in sorted(refused))
+                        raise JobFailedError(f"job {self.job}: no worker could load partitions {sorted(left)} ({errors})")
                 lost = {pair for pair in expected if pair not in reported and self.liveness.is_lost(pair[1])}
                 for partition, worker in lost:
                     log.warning("replica.lost job=%s partition=%s worker=%s while waiting for %s", self.job, partition, worker, what)
@@ -362,10 +381,10 @@ class JobChannel:
             messages.extend(self._to_replica(worker, partition, body) for worker in replicas)
         await self.transport.publish_many(messages)
         expected = {(partition, worker) for partition, replicas in workers.items() for worker in replicas}
-        await self._wait_for_replicas(
+        ready = await self._wait_for_replicas(
             ("ready", self.generation), expected, timeout_s, "every replica to load its weights", required=set()
         )
-        self.replicas.reset(workers)
+        self.replicas.reset({p: [w for w in replicas if (p, w) in ready] for p, replicas in workers.items()})
 
     async def apply_step(
         self, *, step: int, micro_batches: int, persist: bool, holders: dict[str, list[str]], timeout_s: float
@@ -389,12 +408,15 @@ class JobChannel:
             messages.extend(self._to_replica(worker, partition, body) for worker in replicas)
         await self.transport.publish_many(messages)
         expected = {(p, w) for p, replicas in self.replicas.loaded.items() for w in replicas}
+        # The other replicas of a partition wait for the gradients that a holder sends
+        # them, so losing a holder (or the writer of a persisted step) ends the wait at once.
+        holder_pairs = {(p, w) for p, workers in holders.items() if len(set(self.replicas.loaded[p])) > 1 for w in workers}
         reports = await self._wait_for_replicas(
             ("step_done", self.generation, step),
             expected,
             timeout_s,
             f"step {step} to be applied",
-            required=writers if persist else set(),
+            required=holder_pairs | (writers if persist else set()),
         )
         return {partition: int(reports[(partition, worker)]["version"]) for partition, worker in writers}
 
@@ -402,15 +424,17 @@ class JobChannel:
         """Wait until every partition has a worker whose heartbeats are current; return them."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self._check_duplicates()
             hosts = self.live_hosts()
             missing = [partition for partition in self.plan.partitions if not hosts[partition]]
             if not missing:
                 return hosts
             if time.monotonic() > deadline:
-                raise JobFailedError(
+                raise NoLiveWorkerError(
                     f"job {self.job}: partitions {missing} have had no live worker for {timeout_s:.0f} s; "
                     "start `mpnn worker --partition NAME` for each, or pool workers (`mpnn worker` "
-                    "without --partition) for the scheduler to assign"
+                    "without --partition) for the scheduler to assign",
+                    missing,
                 )
             await asyncio.sleep(_POLL_S)
 
@@ -418,10 +442,20 @@ class JobChannel:
         """Return the live workers that host each partition of the plan, sorted by id."""
         hosts: dict[str, list[str]] = {partition: [] for partition in self.plan.partitions}
         for worker, partitions in sorted(self.liveness.live_workers().items()):
+            if worker in self.rejected:
+                continue
             for partition in partitions:
                 if partition in hosts:
                     hosts[partition].append(worker)
         return hosts
+
+    def _check_duplicates(self) -> None:
+        if self.liveness.duplicates:
+            names = sorted(self.liveness.duplicates)
+            raise JobFailedError(
+                f"job {self.job}: two worker processes send heartbeats as {names}; a route cannot tell "
+                "them apart, so give each worker a unique --worker-id (or leave it out)"
+            )
 
     def forget_generation(self) -> None:
         """Drop every pending wait and gather of the current generation (before a rollback)."""
@@ -439,6 +473,7 @@ class JobChannel:
                     payload["worker"],
                     [str(p) for p in payload["partitions"]],
                     assignable=payload.get("assignable", False),
+                    instance=payload.get("instance", ""),
                 )
         except CodecError as error:
             log.warning("heartbeat.rejected job=%s detail=%s", self.job, error)
@@ -494,9 +529,20 @@ class JobChannel:
             log.info("job.replan_requested job=%s", self.job)
             self.replans.append(payload["plan"])
         elif kind is ControlType.JOB_FAILED:
+            worker = payload.get("worker", "")
+            if payload.get("during") == "start" and worker:
+                # One worker that cannot load the job (a missing store mount, a small
+                # prefetch) is left out; the job fails only if a partition has no other.
+                log.error(
+                    "replica.rejected job=%s partition=%s worker=%s error=%s",
+                    self.job, partition, worker, payload["error"],
+                )
+                self.rejected[worker] = payload["error"]
+                self._replica_reported.set()
+                return
             log.error(
                 "job.partition_failed job=%s partition=%s worker=%s error=%s",
-                self.job, partition, payload.get("worker", "-"), payload["error"],
+                self.job, partition, worker or "-", payload["error"],
             )
             if self._failure is not None and not self._failure.done():
                 self._failure.set_exception(JobFailedError(f"partition {partition!r} failed: {payload['error']}"))

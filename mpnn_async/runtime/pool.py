@@ -17,7 +17,7 @@ from mpnn_async.runtime.liveness import Liveness
 from mpnn_async.runtime.protocol import ControlType, assignment_routing_key, control
 from mpnn_async.transport.base import Outgoing, Transport
 
-__all__ = ["assign_partitions", "publish_assignments"]
+__all__ = ["assign_partitions", "publish_assignments", "release_pool_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +81,24 @@ async def publish_assignments(
         body = control(ControlType.WORKER_ASSIGN, worker=worker, partitions=partitions)
         await transport.publish(Outgoing(assignment_routing_key(worker), body, persistent=False))
     return changes
+
+
+async def release_pool_workers(
+    transport: Transport, plan_partitions: Sequence[str], liveness: Liveness, *, job: str
+) -> list[str]:
+    """Free the pool workers that host only partitions of this plan (the job is over); return them.
+
+    A worker keeps partitions of another plan it also hosts, since another job may use them.
+    """
+    wanted = set(plan_partitions)
+    hosts = liveness.live_workers()
+    released = sorted(
+        worker
+        for worker in liveness.assignable
+        if hosts.get(worker) and set(hosts[worker]) <= wanted
+    )
+    for worker in released:
+        log.info("pool.release job=%s worker=%s", job, worker)
+        body = control(ControlType.WORKER_ASSIGN, worker=worker, partitions=[])
+        await transport.publish(Outgoing(assignment_routing_key(worker), body, persistent=False))
+    return released

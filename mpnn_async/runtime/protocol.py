@@ -160,9 +160,11 @@ _OPTIONAL_FIELDS: dict[ControlType, dict[str, type]] = {
     ControlType.JOB_READY: {"step": int},
     ControlType.MICRO_BATCH_DONE: {"worker": str},
     ControlType.STEP_DONE: {"worker": str},
-    ControlType.JOB_FAILED: {"worker": str},
+    # `during`: "start" when the worker could not load the job (the job may go on without it).
+    ControlType.JOB_FAILED: {"worker": str, "during": str},
     # `assignable`: the worker was started without fixed partitions, so the pool may move it.
-    ControlType.HEARTBEAT: {"assignable": bool},
+    # `instance`: random per process, so two processes that share a worker id are told apart.
+    ControlType.HEARTBEAT: {"assignable": bool, "instance": str},
 }
 
 HEARTBEATS_ROUTING_KEY = "heartbeats"

@@ -46,8 +46,8 @@ from mpnn_async.runtime.checkpoint import (
     save_job_document,
 )
 from mpnn_async.runtime.job import JobSpec
-from mpnn_async.runtime.pipeline import JobChannel, JobFailedError, RecoveryNeeded
-from mpnn_async.runtime.pool import publish_assignments
+from mpnn_async.runtime.pipeline import JobChannel, JobFailedError, NoLiveWorkerError, RecoveryNeeded
+from mpnn_async.runtime.pool import publish_assignments, release_pool_workers
 from mpnn_async.runtime.progress import ProgressEvent, ProgressRecorder
 from mpnn_async.runtime.protocol import progress_routing_key
 from mpnn_async.runtime.step import StepRunner
@@ -171,6 +171,9 @@ class JobRunner:
                 await self.channel.publish_job_end()
             raise
         finally:
+            # Pool workers go back to the pool, so a job of another plan can use them.
+            with contextlib.suppress(Exception):
+                await release_pool_workers(self.transport, self.plan.partitions, self.channel.liveness, job=self.name)
             await self.channel.close()
         log.info("job.finished job=%s result=%s", self.name, result.to_dict())
         return result
@@ -241,9 +244,14 @@ class JobRunner:
             await self._assign_pool_workers(reclaim)
             try:
                 return await self.channel.wait_for_live_workers(min(1.0, max(deadline - time.monotonic(), 0.0)))
-            except JobFailedError:
+            except NoLiveWorkerError as error:
                 if time.monotonic() > deadline:
-                    raise
+                    raise NoLiveWorkerError(
+                        f"job {self.name}: partitions {error.partitions} have had no live worker for "
+                        f"{self.ready_timeout_s:.0f} s; start `mpnn worker --partition NAME` for each, or "
+                        "pool workers (`mpnn worker` without --partition) for the scheduler to assign",
+                        error.partitions,
+                    ) from None
 
     # -- recovery --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import uuid
 from typing import Any, Callable, Sequence
 
 from mpnn_async.errors import ConfigError, TransportError
@@ -45,7 +46,10 @@ _WORKER_QUEUE_EXPIRES_S = 600.0
 
 def default_worker_id() -> str:
     """Return `<host>-<pid>` with every character that a routing key word cannot hold replaced."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{os.getpid()}")[:64]
+    pid = str(os.getpid())
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).lstrip("-_") or "worker"
+    # The host name is cut, never the pid, so two workers of one host never share an id.
+    return f"{host[: 63 - len(pid)]}-{pid}"
 
 
 class WorkerState(enum.Enum):
@@ -90,6 +94,8 @@ class Worker:
         # A pool worker (started without partitions) takes assignments from schedulers.
         self.assignable = not partitions
         self.worker_id = worker_id or default_worker_id()
+        # Tells this process apart from another one started with the same worker id.
+        self.instance = uuid.uuid4().hex[:12]
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
@@ -195,7 +201,9 @@ class Worker:
             problem = f"{kind} for worker {payload.get('worker')!r} reached the assignment queue of {self.worker_id!r}"
         else:
             try:
-                validate_partition_names(requested, "partitions")
+                # An empty list releases the worker back to the pool.
+                if requested:
+                    validate_partition_names(requested, "partitions")
             except ConfigError as error:
                 problem = str(error)
         if problem:
@@ -257,6 +265,7 @@ class Worker:
             partitions=list(self.partitions),
             interval_s=self.heartbeat_s,
             assignable=self.assignable,
+            instance=self.instance,
         )
         await self.transport.publish(Outgoing(HEARTBEATS_ROUTING_KEY, body, persistent=False, mandatory=False))
 

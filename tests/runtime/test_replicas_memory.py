@@ -20,6 +20,7 @@ from mpnn_async.runtime.checkpoint import load_checkpoint
 from mpnn_async.runtime.progress import read_progress
 from mpnn_async.runtime.protocol import ControlType, control, scheduler_routing_key
 from mpnn_async.runtime.reference_run import train_reference
+from mpnn_async.runtime.pipeline import JobFailedError
 from mpnn_async.runtime.scheduler import JobRunner
 from mpnn_async.runtime.worker import Worker
 from mpnn_async.store import ModelStore, Store
@@ -104,11 +105,18 @@ async def test_pool_workers_assigned_partitions(tmp_path, namespace):
 
     async with workers_running(namespace, store, layout) as workers:
         result, runner = await run_job(job, store, namespace, dataset, ready_timeout_s=20)
-        hosted = {worker_id: worker.partitions for worker_id, worker in workers.items()}
+        loaded = runner.channel.replicas.loaded
+        # At the end of the job the pool workers are released for jobs of other plans.
+        for _ in range(50):
+            if not any(worker.partitions for worker in workers.values()):
+                break
+            await asyncio.sleep(0.1)
+        released = {worker_id: worker.partitions for worker_id, worker in workers.items()}
 
     assert result.steps == 6
-    assert sorted(name for names in hosted.values() for name in names) == ["a", "a", "b", "c"]
-    assert all(len(names) == 1 for names in hosted.values())
+    assert sorted(len(replicas) for replicas in loaded.values()) == [1, 1, 2]
+    assert sorted(worker for replicas in loaded.values() for worker in replicas) == sorted(layout)
+    assert released == {worker_id: () for worker_id in layout}
     distributed = stored_weights(store, job)
     assert max_abs_difference(distributed, train_reference(job, dataset).parameters) <= 1e-10
 
@@ -265,3 +273,32 @@ async def test_lost_pool_worker_replaced_from_pool(tmp_path, namespace):
     assert result.recoveries >= 1
     assert runner.channel.replicas.loaded["b"] == ["pool-new"]
     assert_bit_identical(stored_weights(store, job), await single_worker_weights(job, tmp_path, namespace, dataset))
+
+
+async def test_worker_unable_to_load_left_out(tmp_path, namespace, caplog):
+    job = make_job("bad-store", PLANS["count"], epochs=2)
+    dataset = synthetic_dataset()
+    store = Store.open(tmp_path / "store", create=True)
+    wrong_store = Store.open(tmp_path / "wrong", create=True)
+
+    async with workers_running(namespace, store, {"w-abc": ("a", "b", "c")}):
+        async with workers_running(namespace, wrong_store, {"w-wrong": ("b",)}):
+            await asyncio.sleep(0.3)
+            with caplog.at_level(logging.ERROR, logger="mpnn_async.runtime"):
+                result, runner = await run_job(job, store, namespace, dataset)
+
+    assert result.steps == 6
+    assert "replica.rejected" in caplog.text
+    assert "w-wrong" in runner.channel.rejected
+    assert runner.channel.replicas.loaded["b"] == ["w-abc"]
+    assert_bit_identical(stored_weights(store, job), await single_worker_weights(job, tmp_path, namespace, dataset))
+
+
+async def test_duplicate_worker_ids_fail_job_loudly(tmp_path, namespace):
+    job = make_job("dup-ids", PLANS["count"], epochs=2)
+    store = Store.open(tmp_path, create=True)
+    first = {"dup": ("a", "b", "c")}
+
+    async with workers_running(namespace, store, first), workers_running(namespace, store, first):
+        with pytest.raises(JobFailedError, match="unique --worker-id"):
+            await asyncio.wait_for(run_job(job, store, namespace, synthetic_dataset()), 30)
