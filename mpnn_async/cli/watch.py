@@ -10,7 +10,8 @@ from mpnn_async.cli.common import settings_from_args
 from mpnn_async.cli.exit_codes import ExitCode
 from mpnn_async.cli.observe_args import add_display_arguments, job_name, positive_seconds
 from mpnn_async.observe.display import ProgressDisplay, open_display
-from mpnn_async.observe.events import FINISHED
+from mpnn_async.runtime.progress import ProgressEvent
+from mpnn_async.observe.events import FAILED, FINISHED
 from mpnn_async.observe.sources import BrokerProgressSource, StoreProgressSource
 from mpnn_async.observe.watch import JobNotFoundError, follow_job
 from mpnn_async.runtime.progress import read_progress
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "watch",
         help="show a job's progress until it finishes",
         description="Show a live progress bar of a job (key=value lines when the output is not a "
-        "terminal) until it finishes, then exit 0. With a broker (--broker or MPNN_BROKER_URL) it "
+        "terminal) until it finishes (exit 0) or fails (exit 1). With a broker (--broker or MPNN_BROKER_URL) it "
         "receives the job's progress events on a queue of its own; without one it polls the latest "
         "progress record in the store once a second.",
     )
@@ -50,14 +51,19 @@ def run(args: argparse.Namespace) -> ExitCode:
     settings = settings_from_args(args)
     with open_display(stream=sys.stdout, plain=args.plain, interval_s=args.interval_s) as display:
         try:
-            asyncio.run(_watch(args.job, settings, display, timeout_s=args.timeout_s))
+            last = asyncio.run(_watch(args.job, settings, display, timeout_s=args.timeout_s))
         except JobNotFoundError as error:
             print(f"mpnn watch: {error}", file=sys.stderr)
             return ExitCode.FAILED
+    if last.state == FAILED:
+        print(f"mpnn watch: job {args.job} failed at step {last.step}; the scheduler's log says why", file=sys.stderr)
+        return ExitCode.FAILED
     return ExitCode.OK
 
 
-async def _watch(job: str, settings: RuntimeSettings, display: ProgressDisplay, *, timeout_s: float) -> None:
+async def _watch(
+    job: str, settings: RuntimeSettings, display: ProgressDisplay, *, timeout_s: float
+) -> ProgressEvent:
     if not settings.broker_url:
         store = Store.open(settings.store, create=False)
 
@@ -67,10 +73,9 @@ async def _watch(job: str, settings: RuntimeSettings, display: ProgressDisplay, 
                 f"{timeout_s:g} s; check the job name and --store, or give --broker to wait for events"
             )
 
-        await follow_job(
+        return await follow_job(
             StoreProgressSource(store=store, job=job), display, timeout_s=timeout_s, on_silence=unknown_in_store
         )
-        return
 
     transport = await open_transport(
         settings.broker_url, namespace=settings.namespace, max_message_bytes=settings.max_message_bytes
@@ -80,7 +85,7 @@ async def _watch(job: str, settings: RuntimeSettings, display: ProgressDisplay, 
         queue = await source.start()
         print(f"job.watching job={job} queue={queue}", file=sys.stderr, flush=True)
         try:
-            await follow_job(
+            return await follow_job(
                 source,
                 display,
                 timeout_s=timeout_s,

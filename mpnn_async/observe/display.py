@@ -21,7 +21,7 @@ from typing import Self, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from mpnn_async.observe.events import FINISHED, is_evaluation
+from mpnn_async.observe.events import ENDED, is_evaluation
 from mpnn_async.observe.tracker import ProgressTracker, format_number
 from mpnn_async.runtime.progress import ProgressEvent
 
@@ -71,7 +71,7 @@ class PlainProgressDisplay(ProgressDisplay):
 
     def show(self, event: ProgressEvent) -> None:
         self.tracker.update(event)
-        if event.state == FINISHED:
+        if event.state in ENDED:
             self._write(finished_line(event))
         elif is_evaluation(event):
             self._write(evaluation_line(event))
@@ -120,9 +120,9 @@ class RichProgressDisplay(ProgressDisplay):
             completed=event.step,
             metrics=self._metrics(),
         )
-        if event.state == FINISHED:
+        if event.state in ENDED:
             self.close()
-            self._console.print(_human_line("finished", event))
+            self._console.print(_human_line(event.state, event))
         elif is_evaluation(event):
             self._progress.console.print(_human_line("evaluated", event))
 
@@ -171,7 +171,7 @@ def evaluation_line(event: ProgressEvent) -> str:
 
 
 def finished_line(event: ProgressEvent) -> str:
-    return f"job.finished {_result_fields(event)}"
+    return f"job.{event.state} {_result_fields(event)}"
 
 
 def _result_fields(event: ProgressEvent) -> str:

@@ -16,11 +16,15 @@ from typing import Any
 from mpnn_async.runtime.progress import ProgressEvent
 from mpnn_async.wire import CodecError, RejectReason, decode_control
 
-__all__ = ["PROGRESS_TYPE", "RUNNING", "FINISHED", "event_from_dict", "decode_progress", "is_evaluation"]
+__all__ = ["PROGRESS_TYPE", "RUNNING", "FINISHED", "FAILED", "ENDED", "event_from_dict", "decode_progress", "is_evaluation"]
 
 PROGRESS_TYPE = "job.progress"
 RUNNING = "running"
 FINISHED = "finished"
+# The job stopped with an error; a later `mpnn resume` or resubmission may continue it.
+FAILED = "failed"
+# States after which no more events of this run come.
+ENDED = (FINISHED, FAILED)
 
 
 
@@ -40,9 +44,9 @@ def event_from_dict(data: Mapping[str, Any]) -> ProgressEvent:
     if not isinstance(job, str) or not job:
         raise CodecError(RejectReason.INVALID_FIELD, f"job = {job!r}; expected a non-empty string")
     state = _required(data, "state")
-    if state not in (RUNNING, FINISHED):
+    if state not in (RUNNING, *ENDED):
         raise CodecError(
-            RejectReason.INVALID_FIELD, f"state = {state!r}; expected {RUNNING!r} or {FINISHED!r}"
+            RejectReason.INVALID_FIELD, f"state = {state!r}; expected {RUNNING!r}, {FINISHED!r} or {FAILED!r}"
         )
     loss = _optional(data, "loss")
     return ProgressEvent(

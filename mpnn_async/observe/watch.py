@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from mpnn_async.errors import InvalidInputError
 from mpnn_async.observe.display import ProgressDisplay
-from mpnn_async.observe.events import FINISHED
+from mpnn_async.observe.events import ENDED
 from mpnn_async.observe.sources import ProgressSource
 from mpnn_async.runtime.progress import ProgressEvent
 
@@ -24,7 +24,7 @@ async def follow_job(
     timeout_s: float,
     on_silence: Callable[[], None],
 ) -> ProgressEvent:
-    """Show every event of `source` on `display` until one has state `finished`; return that one.
+    """Show every event of `source` on `display` until one has state `finished` or `failed`; return that one.
 
     If no event arrives within `timeout_s`, `on_silence` runs once: it raises
     JobNotFoundError for an unknown job, or reports why nothing came, and then
@@ -37,6 +37,6 @@ async def follow_job(
     while True:
         assert event is not None, "next_event returns an event when it waits without a limit"
         display.show(event)
-        if event.state == FINISHED:
+        if event.state in ENDED:
             return event
         event = await source.next_event(timeout_s=None)

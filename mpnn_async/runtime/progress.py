@@ -85,7 +85,7 @@ class ProgressRecorder:
                 "job.progress job=%s step=%d/%d loss=%.5f samples_per_s=%.0f",
                 event.job, event.step, event.total_steps, event.loss, event.samples_per_s,
             )
-        if event.state != "finished":
+        if event.state == "running":
             # The final event repeats the last evaluation, so the history leaves it out.
             self._history_pending.append(event)
             if not self._history_started and self._history_drop_from_step is None:

@@ -165,10 +165,14 @@ class JobRunner:
             await self._load_checkpoint_on_partitions(self.checkpoint)
             await self._train_with_recovery()
             result = await self._finish(started)
-        except BaseException:
+        except BaseException as error:
             # Let the workers free the failed job's state; the original error matters more.
             with contextlib.suppress(Exception):
                 await self.channel.publish_job_end()
+            if isinstance(error, MpnnError):
+                # A stopped scheduler leaves the job running for the next one; a failed job says so.
+                with contextlib.suppress(Exception):
+                    await self._publish_failed()
             raise
         finally:
             # Pool workers go back to the pool, so a job of another plan can use them.
@@ -528,6 +532,16 @@ class JobRunner:
             samples_per_s=self._samples / wall_time_s if wall_time_s > 0 else 0.0,
             store_path=str(self.store.root),
             recoveries=self.recoveries,
+        )
+
+    async def _publish_failed(self) -> None:
+        step = self.checkpoint.step if self.checkpoint is not None else 0
+        epoch = self.checkpoint.epoch if self.checkpoint is not None else 0
+        await self._publish_progress(
+            ProgressEvent(
+                job=self.name, epoch=epoch, step=step, loss=float("nan"),
+                total_steps=self._total_steps(), state="failed",
+            )
         )
 
     def _note_workers(self) -> None:

@@ -88,3 +88,23 @@ async def test_silence_reported_once(transport_factory):
     with pytest.raises(JobNotFoundError):
         await follow_job(source, PlainProgressDisplay(stream=io.StringIO()), timeout_s=0.2, on_silence=unknown)
     await source.close()
+
+
+async def test_follow_job_stops_at_failure(transport_factory):
+    watcher = await transport_factory("memory")
+    scheduler = await transport_factory("memory")
+    source = BrokerProgressSource(transport=watcher, job=JOB)
+    await source.start()
+    stream = io.StringIO()
+    first = job_events()[0]
+    failed = dataclasses.replace(first, state="failed")
+
+    await scheduler.publish(progress_message(first))
+    await scheduler.publish(progress_message(failed))
+    final = await asyncio.wait_for(
+        follow_job(source, PlainProgressDisplay(stream=stream), timeout_s=5, on_silence=pytest.fail), timeout=10
+    )
+    await source.close()
+
+    assert final.state == "failed"
+    assert stream.getvalue().splitlines()[-1].startswith(f"job.failed job={JOB}")

@@ -302,3 +302,5 @@ async def test_duplicate_worker_ids_fail_job_loudly(tmp_path, namespace):
     async with workers_running(namespace, store, first), workers_running(namespace, store, first):
         with pytest.raises(JobFailedError, match="unique --worker-id"):
             await asyncio.wait_for(run_job(job, store, namespace, synthetic_dataset()), 30)
+
+    assert read_progress(store, job.name)["state"] == "failed"
