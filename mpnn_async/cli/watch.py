@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> ExitCode:
             print(f"mpnn watch: {error}", file=sys.stderr)
             return ExitCode.FAILED
     if last.state == FAILED:
-        print(f"mpnn watch: job {args.job} failed at step {last.step}; the scheduler's log says why", file=sys.stderr)
+        print(f"mpnn watch: job {args.job} failed at step {last.step}; the scheduler's log has the error", file=sys.stderr)
         return ExitCode.FAILED
     return ExitCode.OK
 

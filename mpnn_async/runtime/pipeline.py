@@ -9,8 +9,8 @@ worker of its route stops sending heartbeats, so the caller can retry the
 micro-batch on another route; the other waits raise `RecoveryNeeded`, so the
 caller can roll the job back instead of hanging.
 
-Replies carry the attempt or generation they answer: anything sent for an
-attempt that was retried, or before a rollback, is ignored.
+Every reply names the attempt or generation it belongs to. A reply to an
+attempt that was retried, or from before a rollback, is ignored.
 """
 
 from __future__ import annotations
@@ -531,8 +531,8 @@ class JobChannel:
         elif kind is ControlType.JOB_FAILED:
             worker = payload.get("worker", "")
             if payload.get("during") == "start" and worker:
-                # One worker that cannot load the job (a missing store mount, a small
-                # prefetch) is left out; the job fails only if a partition has no other.
+                # A worker that cannot load the job (a missing store mount, a small prefetch)
+                # is left out. The job fails only if no other worker serves its partition.
                 log.error(
                     "replica.rejected job=%s partition=%s worker=%s error=%s",
                     self.job, partition, worker, payload["error"],

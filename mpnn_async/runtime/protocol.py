@@ -163,7 +163,7 @@ _OPTIONAL_FIELDS: dict[ControlType, dict[str, type]] = {
     # `during`: "start" when the worker could not load the job (the job may go on without it).
     ControlType.JOB_FAILED: {"worker": str, "during": str},
     # `assignable`: the worker was started without fixed partitions, so the pool may move it.
-    # `instance`: random per process, so two processes that share a worker id are told apart.
+    # `instance`: random per process, so two processes that share a worker id can be distinguished.
     ControlType.HEARTBEAT: {"assignable": bool, "instance": str},
 }
 

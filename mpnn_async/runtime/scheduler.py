@@ -170,7 +170,7 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await self.channel.publish_job_end()
             if isinstance(error, MpnnError):
-                # A stopped scheduler leaves the job running for the next one; a failed job says so.
+                # A stopped scheduler leaves the job running for the next one, but a failed job is recorded as failed.
                 with contextlib.suppress(Exception):
                     await self._publish_failed()
             raise
@@ -381,7 +381,7 @@ class JobRunner:
     # -- step boundaries -------------------------------------------------------------------
 
     def _membership_changed(self) -> bool:
-        """Whether live workers host a partition of the plan that they have not loaded (or a re-plan waits)."""
+        """Return whether a re-plan waits or live workers host a partition of the plan they have not loaded."""
         if self.channel.replans:
             self._boundary_pending = True
             return True
