@@ -35,10 +35,10 @@ def assign_partitions(
     the live pool workers. Partitions in `reclaim` are no longer needed, so a
     pool worker hosting only those is free again.
     """
-    wanted = list(partitions)
+    needed = list(partitions)
     reclaimed = set(reclaim)
     pool = sorted(set(assignable))
-    coverage = {partition: 0 for partition in wanted}
+    coverage = {partition: 0 for partition in needed}
     idle = []
     for worker in sorted(hosts):
         hosted = [name for name in hosts[worker] if name not in reclaimed]
@@ -50,10 +50,10 @@ def assign_partitions(
                 coverage[name] += 1
     changes: dict[str, list[str]] = {}
     for worker in idle:
-        target = min(wanted, key=lambda name: (coverage[name], wanted.index(name)))
+        target = min(needed, key=lambda name: (coverage[name], needed.index(name)))
         coverage[target] += 1
         changes[worker] = [target]
-    uncovered = [name for name in wanted if coverage[name] == 0]
+    uncovered = [name for name in needed if coverage[name] == 0]
     if uncovered:
         # Too few workers: pool workers of this plan host more than one partition.
         sharing = sorted(
@@ -90,12 +90,12 @@ async def release_pool_workers(
 
     A worker keeps partitions of another plan it also hosts, since another job may use them.
     """
-    wanted = set(plan_partitions)
+    plan_names = set(plan_partitions)
     hosts = liveness.live_workers()
     released = sorted(
         worker
         for worker in liveness.assignable
-        if hosts.get(worker) and set(hosts[worker]) <= wanted
+        if hosts.get(worker) and set(hosts[worker]) <= plan_names
     )
     for worker in released:
         log.info("pool.release job=%s worker=%s", job, worker)

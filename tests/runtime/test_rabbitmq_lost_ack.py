@@ -1,6 +1,6 @@
 """A connection lost after a step was applied but before its `step.apply` was acknowledged.
 
-The broker delivers the command again after the reconnection; the worker
+The broker delivers the command again after the reconnection. The worker
 must recognise the step as applied and change nothing, so the job ends with
 the weights of an undisturbed run.
 """

@@ -63,6 +63,19 @@ async def run_job(job, store, namespace, dataset, **runner_options: Any):
         await transport.close()
 
 
+async def started_job(job, store, transport, dataset, *, until_step: int, **runner_options: Any):
+    """Start `job` in a task; return its runner and task once step `until_step` is done."""
+    steps: asyncio.Queue[int] = asyncio.Queue()
+    runner = JobRunner(
+        job=job, transport=transport, store=store, dataset=dataset,
+        on_progress=lambda event: steps.put_nowait(event.step), **runner_options,
+    )
+    task = asyncio.create_task(runner.run())
+    while await asyncio.wait_for(steps.get(), 30) < until_step:
+        pass
+    return runner, task
+
+
 def stored_weights(store, job, plan=None):
     return weights.load_parameters(ModelStore(store, job.training.store_model), plan or job.build_plan())
 
@@ -125,18 +138,11 @@ async def test_worker_joining_mid_job_becomes_replica(tmp_path, namespace):
     job = make_job("joined", PLANS["count"], epochs=3, persist_every_steps=4)
     dataset = synthetic_dataset()
     store = Store.open(tmp_path / "joined", create=True)
-    steps: asyncio.Queue[int] = asyncio.Queue()
     layout = {"w-abc": ("a", "b", "c")}
 
     async with workers_running(namespace, store, layout):
         transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
-        runner = JobRunner(
-            job=job, transport=transport, store=store, dataset=dataset,
-            on_progress=lambda event: steps.put_nowait(event.step),
-        )
-        task = asyncio.create_task(runner.run())
-        while await asyncio.wait_for(steps.get(), 30) < 1:
-            pass
+        runner, task = await started_job(job, store, transport, dataset, until_step=1)
         async with workers_running(namespace, store, {"pool-late": ()}) as late:
             result = await asyncio.wait_for(task, 60)
             late_worker = late["pool-late"]
@@ -195,17 +201,10 @@ async def test_replan_mid_job_continues_exactly(tmp_path, namespace):
     store = Store.open(tmp_path, create=True)
     new_table = PLANS["percent"]
     new_plan = build_plan(job.model, new_table)
-    steps: asyncio.Queue[int] = asyncio.Queue()
 
     async with workers_running(namespace, store, {"w-abc": ("a", "b", "c")}):
         transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
-        runner = JobRunner(
-            job=job, transport=transport, store=store, dataset=dataset,
-            on_progress=lambda event: steps.put_nowait(event.step),
-        )
-        task = asyncio.create_task(runner.run())
-        while await asyncio.wait_for(steps.get(), 30) < 1:
-            pass
+        runner, task = await started_job(job, store, transport, dataset, until_step=1)
         body = control(ControlType.JOB_REPLAN, job=job.name, plan=new_table)
         await transport.publish(Outgoing(scheduler_routing_key(job.name), body))
         result = await asyncio.wait_for(task, 60)
@@ -223,17 +222,10 @@ async def test_replan_with_invalid_plan_is_ignored(tmp_path, namespace, caplog):
     dataset = synthetic_dataset()
     store = Store.open(tmp_path, create=True)
     bad_table = {"partitions": ["a"], "layers": [{"layers": [1], "strategy": "count", "counts": {"a": 99}}]}
-    steps: asyncio.Queue[int] = asyncio.Queue()
 
     async with workers_running(namespace, store, {"w-abc": ("a", "b", "c")}):
         transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
-        runner = JobRunner(
-            job=job, transport=transport, store=store, dataset=dataset,
-            on_progress=lambda event: steps.put_nowait(event.step),
-        )
-        task = asyncio.create_task(runner.run())
-        while await asyncio.wait_for(steps.get(), 30) < 1:
-            pass
+        runner, task = await started_job(job, store, transport, dataset, until_step=1)
         body = control(ControlType.JOB_REPLAN, job=job.name, plan=bad_table)
         with caplog.at_level(logging.ERROR, logger="mpnn_async.runtime"):
             await transport.publish(Outgoing(scheduler_routing_key(job.name), body))
@@ -250,18 +242,11 @@ async def test_lost_pool_worker_replaced_from_pool(tmp_path, namespace):
     job = make_job("replaced", PLANS["count"], epochs=3, persist_every_steps=2)
     dataset = synthetic_dataset()
     store = Store.open(tmp_path / "replaced", create=True)
-    steps: asyncio.Queue[int] = asyncio.Queue()
     layout = {f"pool-{index}": () for index in range(3)}
 
     async with workers_running(namespace, store, layout) as workers:
         transport = await open_transport(None, namespace=namespace, max_message_bytes=1 << 20)
-        runner = JobRunner(
-            job=job, transport=transport, store=store, dataset=dataset, heartbeat_timeout_s=0.5,
-            on_progress=lambda event: steps.put_nowait(event.step),
-        )
-        task = asyncio.create_task(runner.run())
-        while await asyncio.wait_for(steps.get(), 30) < 3:
-            pass
+        runner, task = await started_job(job, store, transport, dataset, until_step=3, heartbeat_timeout_s=0.5)
         lost = next(worker for worker in workers.values() if worker.partitions == ("b",))
         await lost.stop(timeout_s=5)
         async with workers_running(namespace, store, {"pool-new": ()}) as new:
